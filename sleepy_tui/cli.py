@@ -1,0 +1,371 @@
+"""The `sleepy` command: a thin driver of the engine. `sleepy` alone opens the app."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import threading
+from pathlib import Path
+
+from . import events as ev
+from .config import ConfigError, Settings, load_settings
+from .koans import FAMILIES, KoanError, load_corpus, load_koan, write_manifest
+from .locations import frozen_manifest
+
+
+class CliError(Exception):
+    """A one-line, user-facing error: printed without a traceback, exit status 2."""
+
+
+def _settings(args) -> Settings:
+    cli = {k: getattr(args, k, None) for k in ("backend", "model", "adapter", "max_attempts", "temperature",
+                                               "seed", "max_tokens", "steps", "learning_rate", "lora_rank",
+                                               "lora_alpha", "batch_size", "replay_share", "train_backend")}
+    if getattr(args, "koans", None):
+        cli["koans_dir"] = str(Path(args.koans).resolve())
+    if getattr(args, "state", None):
+        cli["state_dir"] = str(Path(args.state).resolve())
+    return load_settings(cli)
+
+
+def _corpus(args, settings: Settings, *, eval_folder: bool = False):
+    corpus = load_corpus(settings.koans_path, all_frozen=eval_folder and bool(getattr(args, "koans", None)))
+    for line in corpus.errors:
+        print(f"warning: {line}", file=sys.stderr)
+    return corpus
+
+
+# ---- koans -------------------------------------------------------------------------------------------------------
+
+def cmd_koans_list(args) -> int:
+    s = _settings(args)
+    corpus = _corpus(args, s)
+    koans = corpus.select(split=args.split, family=args.family)
+    for k in koans:
+        print(f"{k.id:10} {k.split:5} {k.family:16} {k.expected_error:6} {k.title}")
+    print(f"{len(koans)} koans")
+    return 0
+
+
+def cmd_koans_show(args) -> int:
+    s = _settings(args)
+    k = _corpus(args, s).select(ids=[args.id])[0]
+    print(f"{k.id} ({k.family}, {k.split} split): {k.title}\nexpected error: {k.expected_error}")
+    if k.hint:
+        print(f"hint: {k.hint}")
+    print("\n--- buggy ---\n" + k.buggy.strip())
+    if args.solution:
+        print("\n--- solution ---\n" + k.solution.strip())
+        import difflib
+        diff = difflib.unified_diff(k.buggy.strip().splitlines(), k.solution.strip().splitlines(), "buggy",
+                                    "solution", lineterm="", n=1)
+        print("\n--- diff ---\n" + "\n".join(diff))
+    return 0
+
+
+def cmd_koans_check(args) -> int:
+    from .sandbox import Sandbox
+    from .validate import corpus_problems
+    s = _settings(args)
+    problems: list[str] = []
+    if args.paths:
+        koans = []
+        for p in map(Path, args.paths):
+            files = sorted(p.rglob("*.toml")) if p.is_dir() else [p]
+            for f in files:
+                if f.name == "frozen_eval.toml":
+                    continue
+                try:
+                    koans.append(load_koan(f))
+                except KoanError as e:
+                    problems.append(str(e))
+        manifest_errors = [e for e in load_corpus(s.koans_path).errors if "frozen" in e]
+        problems += manifest_errors
+    else:
+        corpus = load_corpus(s.koans_path)
+        problems += corpus.errors
+        koans = list(corpus.koans.values())
+    problems += corpus_problems(Sandbox(), sorted(koans, key=lambda k: k.id))
+    for p in problems:
+        print(p)
+    print(f"checked {len(koans)} koans: {'ok' if not problems else f'{len(problems)} problem(s)'}")
+    return 1 if problems else 0
+
+
+def cmd_koans_freeze(args) -> int:
+    s = _settings(args)
+    corpus = load_corpus(s.koans_path, strict=False)
+    ids = args.ids or [k.id for k in corpus.eval_set]
+    koans = corpus.select(ids=ids)
+    path = frozen_manifest(s.koans_path)
+    write_manifest(path, koans)
+    print(f"froze {len(koans)} koans into {path}")
+    return 0
+
+
+def cmd_verify(args) -> int:
+    from .sandbox import Sandbox
+    s = _settings(args)
+    k = _corpus(args, s).select(ids=[args.koan])[0]
+    try:
+        code = Path(args.file).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise CliError(f"{args.file}: cannot read: {e}")
+    r = Sandbox().check(code, k.tests)
+    if r.passed:
+        print(f"PASS {k.id}: {r.tests_passed} test(s) passed")
+        return 0
+    print(f"FAIL {k.id}: {r.outcome} ({r.signature})")
+    for d in r.diagnostics:
+        if d.level == "error":
+            print(d.rendered)
+    if r.output and r.outcome != "compile_error":
+        print(r.output[-2000:])
+    return 1
+
+
+# ---- the agent -------------------------------------------------------------------------------------------------
+
+def _open(settings: Settings):
+    from .backends.select import make_backend
+    from .sandbox import Limits, Sandbox
+    from .store import Store
+    store = Store(settings.state_path, on_warning=lambda m: print(f"warning: {m}", file=sys.stderr))
+    backend = make_backend(settings, on_notice=lambda m: print(m, file=sys.stderr))
+    sandbox = Sandbox(Limits(compile_timeout_s=settings.compile_timeout_s, run_timeout_s=settings.run_timeout_s,
+                             memory_mb=settings.memory_mb))
+    return store, backend, sandbox
+
+
+class _Printer:
+    """Prints agent events as the run goes: one line per koan, tokens with --stream."""
+
+    def __init__(self, stream: bool = False):
+        self.stream = stream
+        self.lock = threading.Lock()
+
+    def __call__(self, e: ev.Event) -> None:
+        with self.lock:
+            if isinstance(e, ev.TokenStreamed) and self.stream:
+                sys.stdout.write(e.text)
+                sys.stdout.flush()
+            elif isinstance(e, ev.AttemptChecked) and self.stream:
+                print(f"\n  -> attempt {e.attempt}: {e.outcome} {e.signature or ''}")
+            elif isinstance(e, ev.KoanFinished):
+                verdict = "PASS" if e.passed else "FAIL"
+                why = f"attempts: {e.attempts}" if e.passed else f"attempts: {e.attempts}, {e.final_signature}"
+                print(f"[{e.index}/{e.total}] {e.koan_id} ... {verdict} ({why})", flush=True)
+            elif isinstance(e, ev.Notice):
+                print(f"{e.level}: {e.message}", file=sys.stderr)
+
+
+def _print_summary(store, run_id: str) -> None:
+    from .metrics import run_metrics
+    m = run_metrics(store.episodes(run_id))
+    med = f"{m.median_steps_to_green:g}" if m.median_steps_to_green else "-"
+    rep = f"{m.repeat_error_rate:.0%}" if m.repeat_error_rate is not None else "-"
+    print(f"\nrun {run_id}: {m.passed}/{m.total} passed ({m.pass_rate:.1%}), median steps to green {med}, "
+          f"repeat error rate {rep}")
+    for fam, v in m.per_family.items():
+        print(f"  {fam:16} {v['passed']}/{v['total']}")
+    if m.final_signature_counts:
+        print("  failures: " + ", ".join(f"{s} x{n}" for s, n in list(m.final_signature_counts.items())[:6]))
+
+
+def _agent_run(args, koans, *, kind: str, cycle: int) -> int:
+    from .agent import Agent
+    s = _settings(args)
+    store, backend, sandbox = _open(s)
+    print(f"{kind}: {len(koans)} koans with {backend.describe()}", file=sys.stderr)
+    cancel = threading.Event()
+    agent = Agent(backend, sandbox, store, s, on_event=_Printer(getattr(args, "stream", False)), cancel=cancel)
+    try:
+        result = agent.run(koans, kind=kind, cycle=cycle)
+    except KeyboardInterrupt:
+        cancel.set()
+        raise
+    finally:
+        store.flush()
+        sandbox.close()
+    _print_summary(store, result.run_id)
+    if result.error:
+        raise CliError(result.error)
+    return 0
+
+
+def cmd_run(args) -> int:
+    s = _settings(args)
+    corpus = _corpus(args, s)
+    if args.koan:
+        koans = corpus.select(ids=args.koan)
+        frozen = [k.id for k in koans if k.split == "eval"]
+        if frozen and not args.koans:
+            raise CliError(f"{', '.join(frozen)} belong(s) to the frozen eval set; use `sleepy eval` for those")
+    else:
+        koans = corpus.select(split=None if args.koans else "train", family=args.family)
+    if args.count:
+        koans = koans[: args.count]
+    if not koans:
+        raise CliError("no koans match")
+    from .store import Store
+    cycle = args.cycle if args.cycle is not None else _current_cycle(Store(s.state_path))
+    return _agent_run(args, koans, kind="day", cycle=cycle)
+
+
+def _current_cycle(store) -> int:
+    cycles = store.cycles()
+    return cycles[-1]["cycle"] if cycles else 0
+
+
+def cmd_eval(args) -> int:
+    s = _settings(args)
+    corpus = _corpus(args, s, eval_folder=True)
+    koans = corpus.eval_set
+    if args.family:
+        koans = [k for k in koans if k.family == args.family]
+    if not koans:
+        raise CliError("the frozen eval set is empty (is koans/frozen_eval.toml present?)")
+    rc = 0
+    for _ in range(args.repeats):
+        rc = _agent_run(args, koans, kind="eval", cycle=args.cycle) or rc
+    if args.repeats > 1:
+        from .metrics import store_cycle_table
+        from .store import Store
+        row = next(r for r in store_cycle_table(Store(s.state_path)) if r.cycle == args.cycle)
+        print(f"\ncycle {args.cycle}: pass rate over {len(row.pass_rates)} runs: mean {row.pass_rate_mean:.1%}, "
+              f"spread (sd) {row.pass_rate_spread:.1%}; runs: " + ", ".join(f"{p:.0%}" for p in row.pass_rates))
+    return rc
+
+
+def cmd_status(args) -> int:
+    from .metrics import run_metrics, store_cycle_table
+    from .store import Store
+    s = _settings(args)
+    store = Store(s.state_path)
+    rows = store_cycle_table(store)
+    if rows:
+        print("cycle  pass rate        passed  median steps  repeat err  regressions  adapter")
+        for r in rows:
+            m = r.metrics
+            spread = f" ±{r.pass_rate_spread:.1%}" if len(r.pass_rates) > 1 else ""
+            med = f"{m.median_steps_to_green:g}" if m.median_steps_to_green else "-"
+            rep = r.repeat_error_rate_across if r.repeat_error_rate_across is not None else m.repeat_error_rate
+            rep_s = f"{rep:.0%}" if rep is not None else "-"
+            regs = ", ".join(r.regressions) if r.regressions else ("-" if r.cycle == rows[0].cycle else "none")
+            print(f"{r.cycle:>5}  {r.pass_rate_mean:6.1%}{spread:9}  {m.passed:>3}/{m.total:<3} {med:>12}  "
+                  f"{rep_s:>10}  {regs:11}  {r.adapter or 'base'}")
+    else:
+        print("no eval yet: run `sleepy eval --cycle 0` for a baseline")
+    runs = [r for r in store.runs() if r.get("kind") == "day"]
+    if runs:
+        last = runs[-1]
+        m = run_metrics(store.episodes(last["run_id"]))
+        print(f"\nlatest day run {last['run_id']} ({last.get('status')}): {m.passed}/{m.total} passed "
+              f"({m.pass_rate:.1%}) with {last.get('backend')}:{last.get('model')}")
+    return 0
+
+
+# ---- wiring --------------------------------------------------------------------------------------------------------
+
+def _model_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--backend", help="auto | ollama | embedded | transformers | mlx | openai")
+    p.add_argument("--model", help="model name or path for the backend")
+    p.add_argument("--adapter", help="LoRA adapter path")
+    p.add_argument("--max-attempts", type=int, dest="max_attempts")
+    p.add_argument("--temperature", type=float)
+    p.add_argument("--seed", type=int)
+    p.add_argument("--max-tokens", type=int, dest="max_tokens")
+    p.add_argument("--stream", action="store_true", help="print the model's output as it streams")
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--koans", metavar="DIR", help="a folder of koan files instead of the project's corpus")
+    p.add_argument("--state", metavar="DIR", help="state folder (default: ./state)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="sleepy", description="A small local code model learns Rust from its "
+                                     "own mistakes. With no command, opens the app.")
+    _common(parser)
+    sub = parser.add_subparsers(dest="command")
+
+    koans = sub.add_parser("koans", help="list, show, check and freeze koans")
+    ksub = koans.add_subparsers(dest="koans_command", required=True)
+    p = ksub.add_parser("list", help="list koans")
+    _common(p)
+    p.add_argument("--family", choices=FAMILIES)
+    p.add_argument("--split", choices=("eval", "train"))
+    p.set_defaults(func=cmd_koans_list)
+    p = ksub.add_parser("show", help="show a koan")
+    _common(p)
+    p.add_argument("id")
+    p.add_argument("--solution", action="store_true", help="also show the reference fix")
+    p.set_defaults(func=cmd_koans_show)
+    p = ksub.add_parser("check", help="validate koans: buggy fails as expected, solution passes")
+    _common(p)
+    p.add_argument("paths", nargs="*", help="koan files or folders (default: the whole corpus)")
+    p.set_defaults(func=cmd_koans_check)
+    p = ksub.add_parser("freeze", help="(re)write koans/frozen_eval.toml: only on purpose")
+    _common(p)
+    p.add_argument("ids", nargs="*", help="koan ids of the frozen eval set (default: the current set)")
+    p.set_defaults(func=cmd_koans_freeze)
+
+    p = sub.add_parser("verify", help="check a candidate fix for a koan")
+    _common(p)
+    p.add_argument("file")
+    p.add_argument("--koan", required=True)
+    p.set_defaults(func=cmd_verify)
+
+    p = sub.add_parser("run", help="the day: the model fixes training koans")
+    _common(p)
+    _model_flags(p)
+    p.add_argument("--family", choices=FAMILIES)
+    p.add_argument("--count", type=int)
+    p.add_argument("--koan", action="append", help="a koan id (repeatable)")
+    p.add_argument("--cycle", type=int, help="cycle number to record (default: the current one)")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("eval", help="evaluate on the frozen eval set")
+    _common(p)
+    _model_flags(p)
+    p.add_argument("--cycle", type=int, required=True)
+    p.add_argument("--repeats", type=int, default=1)
+    p.add_argument("--family", choices=FAMILIES)
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("status", help="cycles table and the latest run")
+    _common(p)
+    p.set_defaults(func=cmd_status)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if getattr(args, "repeats", 1) < 1:
+        parser.error("--repeats must be >= 1")
+    if getattr(args, "count", None) is not None and args.count < 1:
+        parser.error("--count must be >= 1")
+    try:
+        if args.command is None:
+            from .app.main import run_app
+            return run_app(_settings(args))
+        return args.func(args)
+    except (CliError, ConfigError, KoanError) as e:
+        for line in str(e).splitlines():
+            print(f"sleepy: error: {line}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("sleepy: interrupted; finished koans are saved", file=sys.stderr)
+        return 130
+    except Exception as e:  # the last net: a known failure type prints one line
+        from .backends.base import BackendUnavailable
+        from .sandbox import SandboxError
+        if isinstance(e, (BackendUnavailable, SandboxError)):
+            print(f"sleepy: error: {e}", file=sys.stderr)
+            return 2
+        raise
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,153 @@
+"""One settings object, layered: defaults < config file < SLEEPY_* environment < command-line flags.
+
+Validated once; every problem is reported together. The object is frozen: change settings by building a new
+one (`settings.replace(...)`), which is validated again.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+from . import locations
+
+BACKENDS = ("auto", "ollama", "embedded", "transformers", "mlx", "openai", "fake")
+TRAIN_BACKENDS = ("torch", "mlx")
+
+
+class ConfigError(ValueError):
+    """Bad settings; the message lists every problem, one per line."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    # --- model serving ---
+    backend: str = "auto"              # auto | ollama | embedded | transformers | mlx | openai | fake
+    model: str = ""                    # empty: the backend's default model
+    adapter: str = ""                  # LoRA adapter path for backends that take one; empty: the promoted one
+    ollama_host: str = "http://127.0.0.1:11434"
+    openai_base_url: str = "http://127.0.0.1:8000/v1"
+    openai_api_key: str = "none"
+    temperature: float = 0.2
+    seed: int = 0
+    max_tokens: int = 768              # per reply
+    # --- the agent loop ---
+    max_attempts: int = 5
+    compile_timeout_s: float = 60.0
+    run_timeout_s: float = 10.0
+    memory_mb: int = 1024              # address space of a test binary
+    # --- sleep (LoRA training) ---
+    train_backend: str = "torch"       # torch | mlx
+    steps: int = 60
+    learning_rate: float = 2e-4
+    lora_rank: int = 8
+    lora_alpha: int = 16
+    lora_dropout: float = 0.05
+    target_modules: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj")
+    batch_size: int = 4
+    grad_accum: int = 1
+    max_seq_len: int = 1024
+    replay_share: float = 0.3          # share of replayed, already-solved examples in a dataset
+    gate_tolerance: float = 0.0        # pass-rate drop (0..1) the gate accepts; regressions allowed = 0
+    # --- where ---
+    koans_dir: str = ""                # empty: the project's koans/
+    state_dir: str = ""                # empty: the project's state/
+
+    def replace(self, **changes) -> "Settings":
+        new = dataclasses.replace(self, **changes)
+        new.validate()
+        return new
+
+    @property
+    def koans_path(self) -> Path:
+        return Path(self.koans_dir) if self.koans_dir else locations.koans_dir()
+
+    @property
+    def state_path(self) -> Path:
+        return Path(self.state_dir) if self.state_dir else locations.state_dir()
+
+    def problems(self) -> list[str]:
+        p: list[str] = []
+        if self.backend not in BACKENDS:
+            p.append(f"backend: unknown {self.backend!r} (choose from {', '.join(BACKENDS)})")
+        if self.train_backend not in TRAIN_BACKENDS:
+            p.append(f"train_backend: unknown {self.train_backend!r} (choose from {', '.join(TRAIN_BACKENDS)})")
+        positive = ("max_attempts", "steps", "lora_rank", "lora_alpha", "batch_size", "grad_accum", "max_seq_len",
+                    "max_tokens", "compile_timeout_s", "run_timeout_s", "memory_mb", "learning_rate")
+        for name in positive:
+            if getattr(self, name) <= 0:
+                p.append(f"{name}: must be > 0, got {getattr(self, name)}")
+        if not 0.0 <= self.temperature <= 2.0:
+            p.append(f"temperature: must be within 0..2, got {self.temperature}")
+        for name in ("lora_dropout", "replay_share", "gate_tolerance"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                p.append(f"{name}: must be within 0..1, got {getattr(self, name)}")
+        if not self.target_modules:
+            p.append("target_modules: name at least one module")
+        return p
+
+    def validate(self) -> None:
+        problems = self.problems()
+        if problems:
+            raise ConfigError("\n".join(problems))
+
+
+def _coerce(name: str, typ, value):
+    """Convert a file/env/CLI value to the field's type, or raise ValueError naming the field."""
+    if value is None:
+        return None
+    try:
+        if typ in ("int", int):
+            if isinstance(value, bool):
+                raise ValueError
+            return int(value)
+        if typ in ("float", float):
+            return float(value)
+        if typ in ("tuple[str, ...]",):
+            if isinstance(value, str):
+                return tuple(v.strip() for v in value.split(",") if v.strip())
+            return tuple(str(v) for v in value)
+        return str(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name}: expected {typ}, got {value!r}") from None
+
+
+def config_file() -> Path:
+    env = os.environ.get("SLEEPY_CONFIG")
+    return Path(env) if env else locations.state_dir() / "config.toml"
+
+
+def load_settings(cli: dict | None = None, *, env: dict | None = None, file: Path | None = None) -> Settings:
+    """Build Settings from defaults < file < env (SLEEPY_<FIELD>) < cli; raise ConfigError listing all problems."""
+    env = os.environ if env is None else env
+    file = config_file() if file is None else file
+    values: dict = {}
+    problems: list[str] = []
+    types = {f.name: f.type for f in fields(Settings)}
+    layers: list[tuple[str, dict]] = []
+    if file.exists():
+        try:
+            layers.append((str(file), tomllib.loads(file.read_text())))
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+            problems.append(f"{file}: invalid TOML: {e}")
+    layers.append(("environment", {k[7:].lower(): v for k, v in env.items() if k.startswith("SLEEPY_")
+                                   and k[7:].lower() in types}))
+    layers.append(("command line", {k: v for k, v in (cli or {}).items() if v is not None}))
+    for where, layer in layers:
+        for k, v in layer.items():
+            if k not in types:
+                if where != "environment":
+                    problems.append(f"{where}: unknown setting {k!r}")
+                continue
+            try:
+                values[k] = _coerce(k, types[k], v)
+            except ValueError as e:
+                problems.append(f"{where}: {e}")
+    settings = Settings(**values)
+    problems += settings.problems()
+    if problems:
+        raise ConfigError("\n".join(problems))
+    return settings

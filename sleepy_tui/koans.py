@@ -1,0 +1,198 @@
+"""Koans: small broken Rust programs with a reference fix and behavioural tests.
+
+One TOML file per koan (`koans/<family>/<id>.toml`). The frozen eval set is named in
+`koans/frozen_eval.toml` with a content hash per koan, so an edited frozen koan is refused.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from . import locations
+
+FAMILIES = ("borrow_checker", "trait_bounds", "result_handling", "lifetimes", "type_mismatch")
+REQUIRED = ("id", "family", "title", "expected_error", "buggy", "solution", "tests")
+OPTIONAL = ("hint",)
+SPLITS = ("eval", "train")
+
+
+class KoanError(ValueError):
+    """A koan file or the manifest is malformed; the message names the file and the problem."""
+
+
+@dataclass(frozen=True)
+class Koan:
+    id: str
+    family: str
+    title: str
+    expected_error: str
+    buggy: str
+    solution: str
+    tests: str
+    hint: str = ""
+    path: Path | None = field(default=None, compare=False)
+    split: str = "train"
+
+    @property
+    def content_hash(self) -> str:
+        return content_hash(self)
+
+
+def content_hash(k: Koan) -> str:
+    """Hash of everything that defines a koan's behaviour (not its path or split)."""
+    h = hashlib.sha256()
+    for part in (k.id, k.family, k.title, k.expected_error, k.buggy, k.solution, k.tests, k.hint):
+        h.update(part.encode())
+        h.update(b"\0")
+    return h.hexdigest()[:16]
+
+
+def parse_koan(text: str, path: Path, families: tuple[str, ...] | None = FAMILIES) -> Koan:
+    """Parse one koan file; raise KoanError naming the file and field on any problem."""
+    where = str(path)
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise KoanError(f"{where}: invalid TOML: {e}") from None
+    missing = [f for f in REQUIRED if f not in data]
+    if missing:
+        raise KoanError(f"{where}: missing field(s) {', '.join(missing)}")
+    unknown = sorted(set(data) - set(REQUIRED) - set(OPTIONAL))
+    if unknown:
+        raise KoanError(f"{where}: unknown field(s) {', '.join(unknown)} (allowed: {', '.join(REQUIRED + OPTIONAL)})")
+    for f in REQUIRED + OPTIONAL:
+        if f in data and not isinstance(data[f], str):
+            raise KoanError(f"{where}: field {f} must be a string, got {type(data[f]).__name__}")
+    for f in REQUIRED:
+        if not data[f].strip():
+            raise KoanError(f"{where}: field {f} is empty")
+    if families is not None and data["family"] not in families:
+        raise KoanError(f"{where}: unknown family {data['family']!r} (known: {', '.join(families)})")
+    if path.stem != data["id"] and path.suffix == ".toml":
+        raise KoanError(f"{where}: id {data['id']!r} does not match the file name {path.stem!r}")
+    if "#[test]" not in data["tests"]:
+        raise KoanError(f"{where}: field tests has no #[test] function")
+    return Koan(
+        id=data["id"], family=data["family"], title=data["title"].strip(),
+        expected_error=data["expected_error"].strip(), buggy=data["buggy"], solution=data["solution"],
+        tests=data["tests"], hint=data.get("hint", "").strip(), path=path,
+    )
+
+
+def load_koan(path: Path, families: tuple[str, ...] | None = FAMILIES) -> Koan:
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise KoanError(f"{path}: not valid UTF-8 (byte {e.start})") from None
+    except OSError as e:
+        raise KoanError(f"{path}: cannot read: {e.strerror}") from None
+    return parse_koan(text, path, families)
+
+
+@dataclass
+class Corpus:
+    koans: dict[str, Koan]
+    errors: list[str]  # one line per skipped file / manifest problem
+
+    def select(self, *, split: str | None = None, family: str | None = None, ids: list[str] | None = None) -> list[Koan]:
+        out = [k for k in self.koans.values()
+               if (split is None or k.split == split) and (family is None or k.family == family)]
+        if ids:
+            unknown = [i for i in ids if i not in self.koans]
+            if unknown:
+                raise KoanError(f"unknown koan id(s): {', '.join(unknown)}")
+            out = [self.koans[i] for i in ids]
+        return sorted(out, key=lambda k: k.id)
+
+    @property
+    def eval_set(self) -> list[Koan]:
+        return self.select(split="eval")
+
+    @property
+    def train_set(self) -> list[Koan]:
+        return self.select(split="train")
+
+
+def read_manifest(path: Path) -> dict[str, str]:
+    """id -> content hash of the frozen eval set."""
+    try:
+        data = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        return {}
+    except tomllib.TOMLDecodeError as e:
+        raise KoanError(f"{path}: invalid TOML: {e}") from None
+    koans = data.get("koans")
+    if not isinstance(koans, list) or not all(isinstance(k, dict) and {"id", "hash"} <= set(k) for k in koans):
+        raise KoanError(f"{path}: expected [[koans]] tables with id and hash")
+    return {k["id"]: k["hash"] for k in koans}
+
+
+def write_manifest(path: Path, koans: list[Koan]) -> None:
+    lines = ["# The frozen eval set: never trained on. An edit to one of these koans changes its hash and is refused.",
+             "# Regenerate only on purpose, with `sleepy koans freeze`.", ""]
+    for k in sorted(koans, key=lambda k: k.id):
+        lines += ["[[koans]]", f'id = "{k.id}"', f'family = "{k.family}"', f'hash = "{k.content_hash}"', ""]
+    path.write_text("\n".join(lines))
+
+
+def load_corpus(root: Path | None = None, *, all_frozen: bool = False, strict: bool = False) -> Corpus:
+    """Load every koan under `root` (default: the project's koans/).
+
+    Malformed files are skipped and reported in `errors` (or raised when strict). The frozen manifest
+    decides the split; with `all_frozen` (a user's own folder used for eval) every koan counts as eval.
+    A frozen koan whose hash does not match the manifest is refused (never loaded).
+    """
+    root = Path(root) if root else locations.koans_dir()
+    if not root.is_dir():
+        raise KoanError(f"{root}: no such koan folder")
+    manifest_path = locations.frozen_manifest(root)
+    errors: list[str] = []
+    koans: dict[str, Koan] = {}
+    for path in sorted(root.rglob("*.toml")):
+        if path == manifest_path:
+            continue
+        try:
+            k = load_koan(path, None if all_frozen else FAMILIES)
+        except KoanError as e:
+            if strict:
+                raise
+            errors.append(str(e))
+            continue
+        if k.id in koans:
+            msg = f"{path}: duplicate id {k.id!r} (also in {koans[k.id].path})"
+            if strict:
+                raise KoanError(msg)
+            errors.append(msg)
+            continue
+        koans[k.id] = k
+    manifest = {} if all_frozen else read_manifest(manifest_path)
+    for kid, want in manifest.items():
+        k = koans.get(kid)
+        if k is None:
+            errors.append(f"{manifest_path}: frozen koan {kid!r} is missing from {root}")
+            continue
+        if k.content_hash != want:
+            msg = (f"{k.path}: frozen eval koan {kid!r} was edited (hash {k.content_hash} != {want} in "
+                   f"{manifest_path.name}); restore it, or re-freeze on purpose with `sleepy koans freeze`")
+            if strict:
+                raise KoanError(msg)
+            errors.append(msg)
+            del koans[kid]
+            continue
+    for kid, k in koans.items():
+        if all_frozen or kid in manifest:
+            koans[kid] = _with_split(k, "eval")
+    return Corpus(koans=koans, errors=errors)
+
+
+def _with_split(k: Koan, split: str) -> Koan:
+    from dataclasses import replace
+    return replace(k, split=split)
+
+
+def combine(code: str, tests: str) -> str:
+    """The source the checker compiles: the program, then its tests in a cfg(test) module."""
+    return code.rstrip() + "\n\n#[cfg(test)]\nmod tests {\n    use super::*;\n\n" + tests.strip("\n") + "\n}\n"

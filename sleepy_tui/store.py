@@ -1,0 +1,263 @@
+"""All persistent state, behind one lock: tinydb files under state/, written atomically.
+
+- `state/sleepy.json`: runs, cycles, adapters, corrections, flags (small tables).
+- `state/episodes/<run_id>.json`: the episodes of one run (one tinydb file a run, so a flush rewrites one
+  run's file, not the whole history).
+
+Writes are cached (tinydb's CachingMiddleware) and flushed by `flush()`: the agent flushes after every koan.
+Every file is written to a temp file, fsynced and renamed over the old one, so a crash leaves either the old
+or the new file, never a torn one. Documents are written one a line, so a hand-damaged file can be recovered
+line by line (the damaged original is kept as `*.corrupt-<time>`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+from tinydb import Query, TinyDB
+from tinydb.middlewares import CachingMiddleware
+from tinydb.storages import Storage
+
+from .episodes import Episode
+
+SCHEMA_VERSION = 1
+_DOC_LINE = re.compile(r'^\s*"([^"]+)":\s*(\{.*\}),?\s*$')
+_TABLE_LINE = re.compile(r'^\s*"([^"]+)":\s*\{\s*$')
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+
+
+def dump_tables(data: dict) -> str:
+    """tinydb's {table: {doc_id: doc}} with one document a line."""
+    out = ["{"]
+    tables = list(data.items())
+    for ti, (table, docs) in enumerate(tables):
+        out.append(f"{json.dumps(table)}: {{")
+        items = list(docs.items())
+        for di, (doc_id, doc) in enumerate(items):
+            comma = "," if di < len(items) - 1 else ""
+            out.append(f"{json.dumps(str(doc_id))}: {json.dumps(doc, ensure_ascii=False)}{comma}")
+        out.append("}" + ("," if ti < len(tables) - 1 else ""))
+    out.append("}")
+    return "\n".join(out) + "\n"
+
+
+def recover_tables(text: str) -> dict:
+    """Salvage every intact document line of a damaged file."""
+    data: dict = {}
+    table = "_default"
+    for line in text.splitlines():
+        m = _TABLE_LINE.match(line)
+        if m:
+            table = m.group(1)
+            data.setdefault(table, {})
+            continue
+        m = _DOC_LINE.match(line)
+        if m:
+            try:
+                data.setdefault(table, {})[m.group(1)] = json.loads(m.group(2))
+            except json.JSONDecodeError:
+                continue
+    return data
+
+
+class AtomicJSONStorage(Storage):
+    """tinydb storage: atomic replace on write, line-wise recovery of a damaged file on read."""
+
+    def __init__(self, path: str | Path, on_warning=None):
+        self.path = Path(path)
+        self.on_warning = on_warning or (lambda msg: None)
+
+    def read(self):
+        try:
+            raw = self.path.read_bytes()
+        except FileNotFoundError:
+            return None
+        text = raw.decode("utf-8", "replace")
+        if not text.strip():
+            return None
+        try:
+            return json.loads(text)
+        except json.JSONDecodeError:
+            backup = self.path.with_name(f"{self.path.name}.corrupt-{int(time.time())}")
+            os.replace(self.path, backup)
+            data = recover_tables(text)
+            n = sum(len(t) for t in data.values())
+            self.on_warning(f"{self.path}: damaged; recovered {n} record(s), original kept as {backup.name}")
+            atomic_write_text(self.path, dump_tables(data))
+            return data
+
+    def write(self, data) -> None:
+        atomic_write_text(self.path, dump_tables(data))
+
+    def close(self) -> None:
+        pass
+
+
+def _open_db(path: Path, on_warning) -> TinyDB:
+    db = TinyDB(path, storage=CachingMiddleware(lambda p: AtomicJSONStorage(p, on_warning)))
+    db.storage.WRITE_CACHE_SIZE = 10**9  # we flush explicitly
+    return db
+
+
+class Store:
+    """Thread-safe facade over the state folder. One instance per process and state dir."""
+
+    def __init__(self, state_dir: Path, on_warning=None):
+        self.dir = Path(state_dir)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        (self.dir / "episodes").mkdir(exist_ok=True)
+        self.warnings: list[str] = []
+
+        def warn(msg: str) -> None:
+            self.warnings.append(msg)
+            if on_warning:
+                on_warning(msg)
+
+        self._warn = warn
+        self._lock = threading.RLock()
+        self._meta = _open_db(self.dir / "sleepy.json", warn)
+        self._episode_dbs: dict[str, TinyDB] = {}
+        self._migrate()
+
+    # ---- plumbing ------------------------------------------------------------------------------------------
+
+    def _migrate(self) -> None:
+        with self._lock:
+            info = self._meta.table("schema")
+            current = (info.get(doc_id=1) or {}).get("version", 0)
+            for version in range(current + 1, SCHEMA_VERSION + 1):
+                MIGRATIONS[version](self)
+            if current != SCHEMA_VERSION:
+                info.upsert({"version": SCHEMA_VERSION}, Query().version.exists() | ~Query().version.exists())
+                self._meta.storage.flush()
+
+    def _episodes_db(self, run_id: str) -> TinyDB:
+        db = self._episode_dbs.get(run_id)
+        if db is None:
+            safe = re.sub(r"[^A-Za-z0-9_.-]", "_", run_id)
+            db = _open_db(self.dir / "episodes" / f"{safe}.json", self._warn)
+            self._episode_dbs[run_id] = db
+        return db
+
+    def flush(self) -> None:
+        with self._lock:
+            self._meta.storage.flush()
+            for db in self._episode_dbs.values():
+                db.storage.flush()
+
+    def close(self) -> None:
+        with self._lock:
+            self.flush()
+            for db in self._episode_dbs.values():
+                db.close()
+            self._meta.close()
+            self._episode_dbs.clear()
+
+    # ---- episodes ------------------------------------------------------------------------------------------
+
+    def add_episode(self, ep: Episode | dict) -> None:
+        doc = ep.to_dict() if isinstance(ep, Episode) else dict(ep)
+        with self._lock:
+            self._episodes_db(doc["run_id"]).table("episodes").insert(doc)
+
+    def add_episodes(self, eps: list[Episode | dict]) -> None:
+        docs = [e.to_dict() if isinstance(e, Episode) else dict(e) for e in eps]
+        with self._lock:
+            by_run: dict[str, list[dict]] = {}
+            for d in docs:
+                by_run.setdefault(d["run_id"], []).append(d)
+            for run_id, ds in by_run.items():
+                self._episodes_db(run_id).table("episodes").insert_multiple(ds)
+
+    def run_ids_on_disk(self) -> list[str]:
+        return sorted(p.stem for p in (self.dir / "episodes").glob("*.json"))
+
+    def episodes(self, run_id: str | None = None) -> list[dict]:
+        """Episodes of one run, or of every run (ordered by run, then insertion)."""
+        with self._lock:
+            runs = [run_id] if run_id else sorted(set(self.run_ids_on_disk()) | set(self._episode_dbs))
+            out: list[dict] = []
+            for r in runs:
+                out.extend(self._episodes_db(r).table("episodes").all())
+            return [dict(d) for d in out]
+
+    # ---- runs, cycles, adapters, corrections, flags ----------------------------------------------------------
+
+    def _upsert(self, table: str, key: str, doc: dict) -> None:
+        with self._lock:
+            self._meta.table(table).upsert(doc, Query()[key] == doc[key])
+            self._meta.storage.flush()
+
+    def _all(self, table: str) -> list[dict]:
+        with self._lock:
+            return [dict(d) for d in self._meta.table(table).all()]
+
+    def save_run(self, run: dict) -> None:
+        self._upsert("runs", "run_id", run)
+
+    def runs(self) -> list[dict]:
+        return sorted(self._all("runs"), key=lambda r: r.get("started", 0))
+
+    def run(self, run_id: str) -> dict | None:
+        return next((r for r in self._all("runs") if r["run_id"] == run_id), None)
+
+    def save_cycle(self, cycle: dict) -> None:
+        self._upsert("cycles", "cycle", cycle)
+
+    def cycles(self) -> list[dict]:
+        return sorted(self._all("cycles"), key=lambda c: c["cycle"])
+
+    def save_adapter(self, adapter: dict) -> None:
+        self._upsert("adapters", "adapter_id", adapter)
+
+    def adapters(self) -> list[dict]:
+        return sorted(self._all("adapters"), key=lambda a: a.get("created", 0))
+
+    def add_correction(self, correction: dict) -> None:
+        self._upsert("corrections", "correction_id", correction)
+
+    def corrections(self) -> list[dict]:
+        return self._all("corrections")
+
+    def flag_koan(self, koan_id: str, reason: str) -> None:
+        self._upsert("flags", "koan_id", {"koan_id": koan_id, "reason": reason, "time": time.time()})
+
+    def flags(self) -> list[dict]:
+        return self._all("flags")
+
+    def get_value(self, key: str, default=None):
+        with self._lock:
+            doc = self._meta.table("values").get(Query().key == key)
+            return doc["value"] if doc else default
+
+    def set_value(self, key: str, value) -> None:
+        self._upsert("values", "key", {"key": key, "value": value})
+
+
+def _migration_1(store: Store) -> None:
+    """Initial schema: nothing to convert."""
+
+
+MIGRATIONS = {1: _migration_1}

@@ -1,0 +1,1 @@
+"""Sleep: turn verified fixes into a LoRA adapter (torch + peft, or mlx-lm)."""

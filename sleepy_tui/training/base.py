@@ -1,0 +1,106 @@
+"""The trainer contract: a dataset and a config in, events out, an adapter folder at the end.
+
+Dataset: JSONL, one example a line: {"id", "koan_id", "family", "provenance", "messages": [system, user,
+assistant]}; the loss is taken on the assistant reply only.
+
+Run folder layout (`out_dir`):
+    checkpoints/step-000020/   adapter + optimizer + scheduler + RNG + step + config (resume picks the latest)
+    adapter/                   the final adapter (peft format for torch, mlx-lm format for mlx)
+    loss.jsonl                 one {"step", "loss", "lr", "tokens_per_s"} a line
+    train_config.json
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+from ..events import EventSink
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    base_model: str = ""                 # empty: the embedded SmolLM2-135M-Instruct GGUF
+    steps: int = 60
+    learning_rate: float = 2e-4
+    lr_schedule: str = "cosine"          # cosine | linear | constant
+    warmup_steps: int = 5
+    lora_rank: int = 8
+    lora_alpha: int = 16
+    lora_dropout: float = 0.05
+    target_modules: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj")
+    batch_size: int = 4
+    grad_accum: int = 1
+    max_seq_len: int = 1024
+    seed: int = 0
+    checkpoint_every: int = 20
+    device: str = ""                     # empty: cuda, then mps, then cpu
+
+    @classmethod
+    def from_settings(cls, s, **overrides) -> "TrainConfig":
+        base = dict(steps=s.steps, learning_rate=s.learning_rate, lora_rank=s.lora_rank, lora_alpha=s.lora_alpha,
+                    lora_dropout=s.lora_dropout, target_modules=tuple(s.target_modules), batch_size=s.batch_size,
+                    grad_accum=s.grad_accum, max_seq_len=s.max_seq_len, seed=s.seed)
+        base.update(overrides)
+        return cls(**base)
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["target_modules"] = list(self.target_modules)
+        return d
+
+
+@dataclass
+class TrainResult:
+    adapter_dir: Path
+    steps: int
+    losses: list[float] = field(default_factory=list)
+    stopped: bool = False
+
+    @property
+    def initial_loss(self) -> float | None:
+        return self.losses[0] if self.losses else None
+
+    @property
+    def final_loss(self) -> float | None:
+        return self.losses[-1] if self.losses else None
+
+
+class Trainer(Protocol):
+    name: str
+
+    def train(self, dataset: Path, config: TrainConfig, out_dir: Path, *, on_event: EventSink,
+              stop: threading.Event | None = None, resume: bool = True) -> TrainResult:
+        """Train; emit TrainStarted / TrainStep / CheckpointSaved / TrainDone (or TrainError, then raise).
+
+        `stop` is checked every step: a stop saves a checkpoint and returns (TrainResult.stopped). With `resume`,
+        the latest checkpoint in out_dir is restored (weights, optimizer, scheduler, RNG, step) so that a stopped
+        or crashed run ends with the same result as an unbroken one.
+        """
+        ...
+
+
+class TrainingUnavailable(RuntimeError):
+    """This trainer can't run here (missing package / device); the message says what to install."""
+
+
+def read_dataset(path: Path) -> list[dict]:
+    rows = []
+    with open(path, encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{path}:{n}: not JSON: {e}") from None
+            msgs = row.get("messages")
+            if not isinstance(msgs, list) or not msgs or msgs[-1].get("role") != "assistant":
+                raise ValueError(f"{path}:{n}: expected messages ending with an assistant reply")
+            rows.append(row)
+    if not rows:
+        raise ValueError(f"{path}: no examples")
+    return rows
