@@ -124,6 +124,151 @@ def cmd_verify(args) -> int:
     return 1
 
 
+def cmd_koans_generate(args) -> int:
+    from .mutations import generate
+    from .sandbox import Sandbox
+    s = _settings(args)
+    corpus = _corpus(args, s)
+    sources = [k for k in corpus.train_set if not k.id.startswith("gen_")]
+    if args.family:
+        sources = [k for k in sources if k.family == args.family]
+    out = s.koans_path / "generated"
+    written = generate(sources, Sandbox(), out, limit=args.count, on_line=print)
+    print(f"wrote {len(written)} generated training koan(s) to {out}")
+    return 0
+
+
+# ---- sleep -------------------------------------------------------------------------------------------------------
+
+class _TrainPrinter:
+    def __init__(self):
+        self.last = 0.0
+
+    def __call__(self, e: ev.Event) -> None:
+        import time
+        if isinstance(e, ev.TrainStarted):
+            note = f", resumed from step {e.resumed_from}" if e.resumed_from else ""
+            print(f"training {e.examples} examples for {e.total_steps} steps{note} -> {e.run_dir}", flush=True)
+        elif isinstance(e, ev.TrainStep):
+            now = time.time()
+            if now - self.last > 2 or e.step == e.total_steps or e.step == 1:
+                self.last = now
+                print(f"  step {e.step}/{e.total_steps} loss {e.loss:.4f} lr {e.learning_rate:.2e} "
+                      f"{e.tokens_per_s:.0f} tok/s eta {e.eta_s:.0f}s", flush=True)
+        elif isinstance(e, ev.CheckpointSaved):
+            print(f"  checkpoint at step {e.step}", flush=True)
+        elif isinstance(e, ev.TrainDone):
+            print(f"done: {e.steps} steps, loss {e.initial_loss} -> {e.final_loss}"
+                  + (" (stopped; resume with --resume)" if e.stopped else ""), flush=True)
+        elif isinstance(e, ev.TrainError):
+            print(f"training failed: {e.message}", file=sys.stderr)
+        elif isinstance(e, ev.Notice):
+            print(f"{e.level}: {e.message}", file=sys.stderr)
+        else:
+            _Printer()(e)
+
+
+def _engine(args):
+    from .engine import Engine
+    return Engine(_settings(args), on_warning=lambda m: print(f"warning: {m}", file=sys.stderr))
+
+
+def cmd_train(args) -> int:
+    import json
+    from .training.dataset import DatasetInfo
+    engine = _engine(args)
+    if args.resume:
+        latest = engine.store.get_value("latest_dataset")
+        if not latest:
+            raise CliError("nothing to resume: no dataset has been built yet")
+        info = DatasetInfo(Path(latest["path"]), latest["hash"], latest["examples"], latest["by_provenance"])
+    else:
+        info = engine.build_dataset()
+        engine.store.set_value("training_adapter_id", None)
+    print(f"dataset {info.path}: {info.examples} examples {json.dumps(info.by_provenance)}")
+    stop = threading.Event()
+    try:
+        meta = engine.train(info, cycle=engine.current_cycle() + 1, on_event=_TrainPrinter(), stop=stop,
+                            resume=args.resume)
+    except KeyboardInterrupt:
+        stop.set()
+        raise
+    print(f"adapter {meta['adapter_id']} saved (not promoted: `sleepy cycle` gates it, "
+          f"or `sleepy adapters promote {meta['adapter_id']}`)")
+    return 0
+
+
+def cmd_cycle(args) -> int:
+    from .engine import EngineError
+    engine = _engine(args)
+    overrides = {"steps": args.steps} if args.steps else {}
+    cancel = threading.Event()
+    printer, tprinter = _Printer(getattr(args, "stream", False)), _TrainPrinter()
+
+    def on_event(e):
+        (tprinter if e.kind.startswith(("Train", "Checkpoint")) or isinstance(e, ev.Notice) else printer)(e)
+
+    for _ in range(args.cycles):
+        try:
+            rec = engine.cycle(day_count=args.count, on_event=on_event, cancel=cancel, train_overrides=overrides)
+        except EngineError as e:
+            raise CliError(str(e))
+        except KeyboardInterrupt:
+            cancel.set()
+            raise
+        verdict = "PROMOTED" if rec["promoted"] else "REJECTED"
+        print(f"cycle {rec['cycle']}: {verdict} ({rec['reason']}); frozen pass rate "
+              f"{rec['pass_rate_before']:.1%} -> {rec['pass_rate_after']:.1%}; "
+              f"regressions: {', '.join(rec['regressions']) or 'none'}; gains: {', '.join(rec['gains']) or 'none'}")
+    return 0
+
+
+def cmd_adapters(args) -> int:
+    from .training import adapters
+    engine = _engine(args)
+    store = engine.store
+    try:
+        if args.adapters_command == "promote":
+            adapters.promote(store, args.id)
+            print(f"{args.id} is now the current adapter")
+        elif args.adapters_command == "rollback":
+            prev = adapters.rollback(store)
+            print(f"current adapter: {prev or 'none (base model)'}")
+        else:
+            cur = store.get_value("current_adapter")
+            rows = store.adapters()
+            if not rows:
+                print("no adapters yet: `sleepy train` or `sleepy cycle` makes one")
+            for a in rows:
+                ev_ = a.get("eval") or {}
+                score = (f"{ev_['pass_rate_before']:.0%}->{ev_['pass_rate_after']:.0%}" if ev_ else "not evaluated")
+                mark = "*" if a["adapter_id"] == cur else " "
+                print(f"{mark} {a['adapter_id']:24} cycle {a.get('cycle')} {a.get('trainer'):5} steps {a.get('steps')} "
+                      f"loss {a.get('initial_loss') or 0:.3f}->{a.get('final_loss') or 0:.3f} "
+                      f"examples {a['dataset']['examples']} eval {score}")
+    except adapters.AdapterError as e:
+        raise CliError(str(e))
+    return 0
+
+
+def cmd_export(args) -> int:
+    from .training import adapters
+    engine = _engine(args)
+    rows = [a for a in engine.store.adapters() if a.get("cycle") == args.cycle and a.get("gguf")]
+    if not rows:
+        raise CliError(f"no GGUF adapter for cycle {args.cycle} (see `sleepy adapters list`)")
+    meta = rows[-1]
+    out = Path(args.out or adapters.adapter_dir(engine.store, meta["adapter_id"]))
+    out.mkdir(parents=True, exist_ok=True)
+    model = args.base or "qwen2.5-coder:1.5b-instruct-q4_K_M"
+    modelfile = out / "Modelfile"
+    modelfile.write_text(f"FROM {model}\nADAPTER {Path(meta['gguf']).resolve()}\n")
+    name = args.name or f"sleepy-cycle{args.cycle}"
+    print(f"wrote {modelfile}\nnote: the adapter was trained on {meta.get('base_model')}; FROM must be that same "
+          f"base model\nrun: ollama create {name} -f {modelfile}")
+    return 0
+
+
 # ---- the agent -------------------------------------------------------------------------------------------------
 
 def _open(settings: Settings):
@@ -310,6 +455,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("ids", nargs="*", help="koan ids of the frozen eval set (default: the current set)")
     p.set_defaults(func=cmd_koans_freeze)
 
+    p = ksub.add_parser("generate", help="derive new training koans by bug-introducing mutations")
+    _common(p)
+    p.add_argument("--count", type=int, default=40, help="at most this many koans")
+    p.add_argument("--family", choices=FAMILIES, help="only from this family's training koans")
+    p.set_defaults(func=cmd_koans_generate)
+
     p = sub.add_parser("verify", help="check a candidate fix for a koan")
     _common(p)
     p.add_argument("file")
@@ -333,6 +484,47 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--family", choices=FAMILIES)
     p.set_defaults(func=cmd_eval)
 
+    p = sub.add_parser("train", help="sleep: train a LoRA adapter on the verified fixes so far")
+    _common(p)
+    _model_flags(p)
+    p.add_argument("--train-backend", dest="train_backend", choices=("torch", "mlx"))
+    p.add_argument("--steps", type=int)
+    p.add_argument("--learning-rate", type=float, dest="learning_rate")
+    p.add_argument("--rank", type=int, dest="lora_rank")
+    p.add_argument("--alpha", type=int, dest="lora_alpha")
+    p.add_argument("--batch-size", type=int, dest="batch_size")
+    p.add_argument("--replay-share", type=float, dest="replay_share")
+    p.add_argument("--resume", action="store_true", help="continue the last stopped or crashed training")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("cycle", help="day -> sleep -> eval -> gate")
+    _common(p)
+    _model_flags(p)
+    p.add_argument("--count", type=int, help="training koans in the day (default: all)")
+    p.add_argument("--steps", type=int, help="training steps")
+    p.add_argument("--cycles", type=int, default=1)
+    p.add_argument("--train-backend", dest="train_backend", choices=("torch", "mlx"))
+    p.set_defaults(func=cmd_cycle)
+
+    p = sub.add_parser("adapters", help="list, promote or roll back adapters")
+    _common(p)
+    asub = p.add_subparsers(dest="adapters_command")
+    asub.add_parser("list")
+    pp = asub.add_parser("promote")
+    pp.add_argument("id")
+    asub.add_parser("rollback")
+    p.set_defaults(func=cmd_adapters)
+
+    p = sub.add_parser("export", help="export an adapter for another runtime")
+    _common(p)
+    esub = p.add_subparsers(dest="export_target", required=True)
+    pp = esub.add_parser("ollama", help="write an Ollama Modelfile (FROM base, ADAPTER gguf)")
+    pp.add_argument("--cycle", type=int, required=True)
+    pp.add_argument("--base", help="the Ollama model the adapter applies to")
+    pp.add_argument("--name", help="name for `ollama create`")
+    pp.add_argument("--out", help="folder for the Modelfile")
+    p.set_defaults(func=cmd_export)
+
     p = sub.add_parser("status", help="cycles table and the latest run")
     _common(p)
     p.set_defaults(func=cmd_status)
@@ -346,6 +538,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--repeats must be >= 1")
     if getattr(args, "count", None) is not None and args.count < 1:
         parser.error("--count must be >= 1")
+    if getattr(args, "cycles", 1) < 1:
+        parser.error("--cycles must be >= 1")
     try:
         if args.command is None:
             from .app.main import run_app

@@ -95,7 +95,7 @@ _PANIC_KINDS = (
 )
 
 
-def test_failure_signature(output: str) -> str:
+def panic_signature(output: str) -> str:
     for pattern, kind in _PANIC_KINDS:
         if pattern.search(output):
             return f"test_failure:{kind}"

@@ -23,7 +23,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .diagnostics import Diagnostic, compile_signature, errors, parse_rustc_json, test_failure_signature
+from .diagnostics import Diagnostic, compile_signature, errors, parse_rustc_json, panic_signature
 from .koans import combine
 
 OUTCOMES = ("pass", "compile_error", "test_failure", "timeout", "crashed")
@@ -248,7 +248,7 @@ class Sandbox:
         if rc == 0 and m and npass == 0:
             return CheckResult("test_failure", "test_failure:no_tests_ran", **base)
         if rc == 101 and m:
-            return CheckResult("test_failure", test_failure_signature(output), **base)
+            return CheckResult("test_failure", panic_signature(output), **base)
         if "memory allocation of" in output or "out of memory" in output.lower():
             return CheckResult("crashed", "crashed:out_of_memory", **base)
         if "has overflowed its stack" in output:

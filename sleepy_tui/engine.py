@@ -1,0 +1,219 @@
+"""The engine facade: the one path from settings to runs, datasets, adapters and cycles.
+
+The CLI and the app are thin drivers of this class. It imports no UI. Slow work reports through an
+EventSink and stops when its `threading.Event` is set.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+from typing import Callable
+
+from . import events as ev
+from .agent import Agent, RunResult
+from .backends.base import Backend
+from .config import Settings
+from .koans import Corpus, Koan, load_corpus
+from .metrics import compare, koan_outcomes, metrics_of
+from .sandbox import Limits, Sandbox
+from .store import Store
+from .training import adapters
+from .training.base import TrainConfig, Trainer, TrainingUnavailable
+from .training.dataset import DatasetInfo, build_dataset
+
+TRAINABLE_BACKENDS = ("embedded", "transformers", "mlx", "fake")
+
+
+class EngineError(RuntimeError):
+    """A user-facing failure of an engine operation (one line)."""
+
+
+def default_backend_factory(settings: Settings, on_notice: Callable[[str], None] | None = None) -> Backend:
+    from .backends.select import make_backend
+    return make_backend(settings, on_notice=on_notice)
+
+
+def default_trainer_factory(settings: Settings) -> Trainer:
+    if settings.train_backend == "mlx":
+        from .training.mlx_trainer import MlxTrainer
+        return MlxTrainer()
+    from .training.torch_trainer import TorchTrainer
+    return TorchTrainer()
+
+
+class Engine:
+    def __init__(self, settings: Settings, *, backend_factory=default_backend_factory,
+                 trainer_factory=default_trainer_factory, on_warning: Callable[[str], None] | None = None):
+        self.settings = settings
+        self.store = Store(settings.state_path, on_warning=on_warning)
+        self.backend_factory = backend_factory
+        self.trainer_factory = trainer_factory
+        self._sandbox: Sandbox | None = None
+        self._lock = threading.Lock()
+
+    # ---- resources -------------------------------------------------------------------------------------------
+
+    @property
+    def sandbox(self) -> Sandbox:
+        with self._lock:
+            if self._sandbox is None:
+                s = self.settings
+                self._sandbox = Sandbox(Limits(compile_timeout_s=s.compile_timeout_s, run_timeout_s=s.run_timeout_s,
+                                               memory_mb=s.memory_mb))
+            return self._sandbox
+
+    def close(self) -> None:
+        self.store.close()
+        if self._sandbox:
+            self._sandbox.close()
+
+    def corpus(self, *, user_folder_is_eval: bool = False) -> Corpus:
+        return load_corpus(self.settings.koans_path, all_frozen=user_folder_is_eval)
+
+    def current_adapter(self) -> dict | None:
+        return adapters.current(self.store)
+
+    def make_backend(self, *, adapter: dict | None | str = "current",
+                     on_notice: Callable[[str], None] | None = None) -> Backend:
+        """A backend with the promoted adapter (or `adapter`, a store record; None: the bare base model).
+
+        An adapter path given in the settings (`--adapter`) always wins."""
+        s = self.settings
+        if not s.adapter:
+            meta = self.current_adapter() if adapter == "current" else adapter
+            if meta:
+                name = s.backend if s.backend != "auto" else "embedded"
+                s = s.replace(adapter=adapters.path_for_backend(meta, name),
+                              backend=name if s.backend == "auto" else s.backend)
+        return self.backend_factory(s, on_notice)
+
+    # ---- day and eval ----------------------------------------------------------------------------------------
+
+    def run_agent(self, koans: list[Koan], *, kind: str = "day", cycle: int | None = None,
+                  on_event: ev.EventSink = ev.ignore, cancel: threading.Event | None = None,
+                  backend: Backend | None = None) -> RunResult:
+        backend = backend or self.make_backend(on_notice=lambda m: on_event(ev.Notice("info", m)))
+        cycle = self.current_cycle() if cycle is None else cycle
+        agent = Agent(backend, self.sandbox, self.store, self.settings, on_event=on_event, cancel=cancel)
+        return agent.run(koans, kind=kind, cycle=cycle)
+
+    def current_cycle(self) -> int:
+        cycles = self.store.cycles()
+        return cycles[-1]["cycle"] if cycles else 0
+
+    # ---- sleep ------------------------------------------------------------------------------------------------
+
+    def build_dataset(self, run_ids: list[str] | None = None, corpus: Corpus | None = None) -> DatasetInfo:
+        return build_dataset(self.store, corpus or self.corpus(), replay_share=self.settings.replay_share,
+                             run_ids=run_ids, seed=self.settings.seed)
+
+    def train(self, dataset: DatasetInfo, *, cycle: int, on_event: ev.EventSink = ev.ignore,
+              stop: threading.Event | None = None, resume: bool = True, adapter_id: str | None = None,
+              **config_overrides) -> dict:
+        """Train an adapter on `dataset`; record it (not promoted) and return its record."""
+        s = self.settings
+        trainer = self.trainer_factory(s)
+        base_model = s.model if s.backend in ("transformers", "mlx") else ""
+        config = TrainConfig.from_settings(s, base_model=base_model, **config_overrides)
+        adapter_id = adapter_id or self.store.get_value("training_adapter_id") or adapters.new_adapter_id(cycle)
+        self.store.set_value("training_adapter_id", adapter_id)  # a resumed run continues the same adapter
+        out = adapters.adapter_dir(self.store, adapter_id)
+        t0 = time.time()
+        result = trainer.train(dataset.path, config, out, on_event=on_event, stop=stop, resume=resume)
+        meta = {"adapter_id": adapter_id, "cycle": cycle, "trainer": trainer.name, "created": time.time(),
+                "base_model": base_model or "SmolLM2-135M-Instruct (embedded GGUF)", "dataset": dataset.to_dict(),
+                "config": config.to_dict(), "steps": result.steps, "stopped": result.stopped,
+                "initial_loss": result.initial_loss, "final_loss": result.final_loss,
+                "loss_curve": [{"step": i + 1, "loss": l} for i, l in enumerate(result.losses)],
+                "duration_s": round(time.time() - t0, 1), "promoted": False}
+        if trainer.name == "mlx":
+            meta["mlx_dir"] = str(result.adapter_dir)
+        else:
+            meta["peft_dir"] = str(result.adapter_dir)
+        if not result.stopped:
+            self.store.set_value("training_adapter_id", None)
+            if trainer.name == "torch":
+                from .training.gguf_export import export_gguf_lora
+                gguf = out / "adapter.gguf"
+                export_gguf_lora(result.adapter_dir, gguf)
+                meta["gguf"] = str(gguf)
+        adapters.record(self.store, meta)
+        return meta
+
+    # ---- the gate and the cycle -------------------------------------------------------------------------------
+
+    def gate(self, baseline_run_id: str, candidate_run_id: str) -> tuple[bool, str, dict]:
+        """Promote only if the frozen pass rate does not drop (beyond the tolerance) and no koan regresses."""
+        old = koan_outcomes(self.store.episodes(baseline_run_id))
+        new = koan_outcomes(self.store.episodes(candidate_run_id))
+        regressions, gains = compare(old, new)
+        before, after = metrics_of(old).pass_rate, metrics_of(new).pass_rate
+        allowed = int(self.settings.gate_tolerance * len(new))
+        facts = {"pass_rate_before": before, "pass_rate_after": after, "regressions": regressions, "gains": gains}
+        if after < before - self.settings.gate_tolerance - 1e-9:
+            return False, f"pass rate dropped {before:.1%} -> {after:.1%}", facts
+        if len(regressions) > allowed:
+            return False, f"{len(regressions)} koan(s) regressed: {', '.join(regressions)}", facts
+        if after == before and not gains:
+            return True, f"no change ({after:.1%}), no regressions", facts
+        return True, f"pass rate {before:.1%} -> {after:.1%}, gains {len(gains)}, no regressions", facts
+
+    def baseline_eval(self, *, on_event: ev.EventSink = ev.ignore, cancel: threading.Event | None = None) -> str:
+        """The eval run of the current model (promoted adapter or base); run it if there is none."""
+        run_id = self.store.get_value("current_eval_run")
+        if run_id and self.store.run(run_id) and self.store.run(run_id).get("status") == "done":
+            return run_id
+        corpus = self.corpus()
+        res = self.run_agent(corpus.eval_set, kind="eval", cycle=self.current_cycle(), on_event=on_event,
+                             cancel=cancel)
+        if res.cancelled or res.error:
+            raise EngineError(res.error or "baseline eval cancelled")
+        self.store.set_value("current_eval_run", res.run_id)
+        if not self.store.cycles():
+            self.store.save_cycle({"cycle": 0, "eval_run_id": res.run_id, "adapter_id": None, "promoted": True,
+                                   "reason": "baseline", "time": time.time()})
+        return res.run_id
+
+    def cycle(self, *, day_count: int | None = None, on_event: ev.EventSink = ev.ignore,
+              cancel: threading.Event | None = None, train_overrides: dict | None = None) -> dict:
+        """day -> sleep -> eval -> gate. Returns the cycle record (also stored)."""
+        cancel = cancel or threading.Event()
+        backend_name = self.settings.backend
+        if backend_name not in ("auto",) + TRAINABLE_BACKENDS:
+            raise EngineError(f"a cycle trains the model it evaluates: the {backend_name} backend can't load a fresh "
+                              "adapter; use --backend embedded (or transformers/mlx with a local model)")
+        if backend_name == "auto":
+            self.settings = self.settings.replace(backend="embedded")
+        baseline = self.baseline_eval(on_event=on_event, cancel=cancel)
+        n = self.current_cycle() + 1
+        corpus = self.corpus()
+        koans = corpus.train_set[:day_count] if day_count else corpus.train_set
+        day = self.run_agent(koans, kind="day", cycle=n, on_event=on_event, cancel=cancel)
+        if day.cancelled or day.error:
+            raise EngineError(day.error or "cycle cancelled during the day")
+        dataset = self.build_dataset(run_ids=[day.run_id], corpus=corpus)
+        on_event(ev.Notice("info", f"dataset {dataset.hash}: {dataset.examples} examples {dataset.by_provenance}"))
+        meta = self.train(dataset, cycle=n, on_event=on_event, stop=cancel, resume=False,
+                          **(train_overrides or {}))
+        if meta["stopped"]:
+            raise EngineError("cycle stopped during training; `sleepy train --resume` continues it")
+        res = self.run_agent(corpus.eval_set, kind="eval", cycle=n, on_event=on_event, cancel=cancel,
+                             backend=self.make_backend(adapter=meta))
+        if res.cancelled or res.error:
+            raise EngineError(res.error or "cycle cancelled during the eval")
+        promote, reason, facts = self.gate(baseline, res.run_id)
+        meta.update(eval_run_id=res.run_id, eval=facts)
+        adapters.record(self.store, meta)
+        if promote:
+            adapters.promote(self.store, meta["adapter_id"], reason=f"gate: {reason}")
+            self.store.set_value("current_eval_run", res.run_id)
+        record = {"cycle": n, "day_run_id": day.run_id, "eval_run_id": res.run_id, "baseline_eval_run_id": baseline,
+                  "adapter_id": meta["adapter_id"], "promoted": promote, "reason": reason, "dataset": dataset.to_dict(),
+                  "train": {k: meta[k] for k in ("steps", "initial_loss", "final_loss", "duration_s")},
+                  "time": time.time(), **facts}
+        self.store.save_cycle(record)
+        on_event(ev.Notice("info" if promote else "warning",
+                           f"cycle {n}: adapter {meta['adapter_id']} {'promoted' if promote else 'kept out'}: {reason}"))
+        return record

@@ -1,0 +1,77 @@
+"""Versioned adapters under state/adapters/<id>/, with what they were trained on and how they scored.
+
+The promoted ("current") adapter is the one the agent uses; the gate decides promotion, a person can
+promote or roll back by hand. `meta.json` in each folder mirrors the store's record.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+from ..store import Store, atomic_write_text
+
+
+class AdapterError(ValueError):
+    pass
+
+
+def new_adapter_id(cycle: int) -> str:
+    return f"c{cycle:03d}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def adapter_dir(store: Store, adapter_id: str) -> Path:
+    return store.dir / "adapters" / adapter_id
+
+
+def record(store: Store, meta: dict) -> None:
+    atomic_write_text(adapter_dir(store, meta["adapter_id"]) / "meta.json", json.dumps(meta, indent=2, default=str))
+    store.save_adapter(meta)
+
+
+def get(store: Store, adapter_id: str) -> dict:
+    for a in store.adapters():
+        if a["adapter_id"] == adapter_id:
+            return a
+    raise AdapterError(f"unknown adapter {adapter_id!r} (see `sleepy adapters list`)")
+
+
+def current(store: Store) -> dict | None:
+    aid = store.get_value("current_adapter")
+    return get(store, aid) if aid else None
+
+
+def promote(store: Store, adapter_id: str, reason: str = "by hand") -> dict:
+    meta = get(store, adapter_id)
+    history = store.get_value("adapter_history", [])
+    prev = store.get_value("current_adapter")
+    if prev != adapter_id:
+        history.append(prev)
+    store.set_value("adapter_history", history)
+    store.set_value("current_adapter", adapter_id)
+    meta.update(promoted=True, promoted_reason=reason, promoted_at=time.time())
+    record(store, meta)
+    return meta
+
+
+def rollback(store: Store) -> str | None:
+    """Back to the adapter that was current before the last promotion (None: the base model)."""
+    history = store.get_value("adapter_history", [])
+    if not history and not store.get_value("current_adapter"):
+        raise AdapterError("nothing to roll back: the base model is already current")
+    prev = history.pop() if history else None
+    store.set_value("adapter_history", history)
+    store.set_value("current_adapter", prev)
+    return prev
+
+
+def path_for_backend(meta: dict | None, backend: str) -> str:
+    """The adapter file or folder a backend loads: GGUF for llama.cpp/Ollama, peft or mlx folder otherwise."""
+    if not meta:
+        return ""
+    key = {"embedded": "gguf", "ollama": "gguf", "transformers": "peft_dir", "mlx": "mlx_dir"}.get(backend, "")
+    path = meta.get(key, "") if key else ""
+    if not path:
+        raise AdapterError(f"adapter {meta['adapter_id']} has no {key or 'usable'} form for the {backend} backend")
+    return path
