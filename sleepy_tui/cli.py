@@ -410,6 +410,16 @@ def cmd_status(args) -> int:
     return 0
 
 
+def cmd_report(args) -> int:
+    from .report import build_report
+    from .store import Store
+    s = _settings(args)
+    out = Path(args.out) if args.out else s.state_path / "report"
+    path = build_report(Store(s.state_path), out)
+    print(f"wrote {path} and its plots")
+    return 0
+
+
 # ---- wiring --------------------------------------------------------------------------------------------------------
 
 def _model_flags(p: argparse.ArgumentParser) -> None:
@@ -524,6 +534,11 @@ def build_parser() -> argparse.ArgumentParser:
     pp.add_argument("--name", help="name for `ollama create`")
     pp.add_argument("--out", help="folder for the Modelfile")
     p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("report", help="write the results page (Markdown + PNG plots)")
+    _common(p)
+    p.add_argument("--out", metavar="DIR", help="output folder (default: state/report)")
+    p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("status", help="cycles table and the latest run")
     _common(p)

@@ -1,0 +1,71 @@
+"""Is a before/after change on the same frozen koans real? Paired tests, no scipy needed."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from math import comb
+
+
+def mcnemar_exact(b: int, c: int) -> float:
+    """Two-sided exact McNemar p-value. b: passed before, failed after; c: failed before, passed after."""
+    n = b + c
+    if n == 0:
+        return 1.0
+    k = min(b, c)
+    tail = sum(comb(n, i) for i in range(k + 1)) / 2 ** n
+    return min(1.0, 2 * tail)
+
+
+def bootstrap_diff(before: dict[str, float], after: dict[str, float], *, samples: int = 2000,
+                   seed: int = 0, level: float = 0.95) -> tuple[float, float, float]:
+    """Mean pass-rate difference (after - before) over paired koans, with a percentile bootstrap interval.
+
+    Values are per-koan pass frequencies (0/1 for one run, the share of passing runs with repeats)."""
+    keys = sorted(set(before) & set(after))
+    if not keys:
+        return 0.0, 0.0, 0.0
+    diffs = [after[k] - before[k] for k in keys]
+    rng = random.Random(seed)
+    n = len(diffs)
+    means = sorted(sum(diffs[rng.randrange(n)] for _ in range(n)) / n for _ in range(samples))
+    lo = means[int((1 - level) / 2 * samples)]
+    hi = means[min(samples - 1, int((1 + level) / 2 * samples))]
+    return sum(diffs) / n, lo, hi
+
+
+@dataclass
+class PairedChange:
+    before: float
+    after: float
+    b: int              # lost (regressions)
+    c: int              # won (gains)
+    p_value: float
+    diff: float
+    ci_low: float
+    ci_high: float
+
+    @property
+    def significant(self) -> bool:
+        return self.p_value < 0.05
+
+    def verdict(self) -> str:
+        if not self.significant:
+            return f"no significant change (McNemar exact p = {self.p_value:.2f})"
+        way = "gain" if self.c > self.b else "loss"
+        return f"significant {way} (McNemar exact p = {self.p_value:.3f})"
+
+
+def paired_change(before_runs: list[dict[str, bool]], after_runs: list[dict[str, bool]]) -> PairedChange:
+    """Compare per-koan pass/fail of the before runs with the after runs (the last run of each for McNemar)."""
+    def freq(runs):
+        keys = set().union(*runs) if runs else set()
+        return {k: sum(r.get(k, False) for r in runs) / len(runs) for k in keys}
+    fb, fa = freq(before_runs), freq(after_runs)
+    last_b, last_a = before_runs[-1], after_runs[-1]
+    common = sorted(set(last_b) & set(last_a))
+    b = sum(last_b[k] and not last_a[k] for k in common)
+    c = sum(not last_b[k] and last_a[k] for k in common)
+    diff, lo, hi = bootstrap_diff(fb, fa)
+    mean = lambda d: sum(d.values()) / len(d) if d else 0.0
+    return PairedChange(mean(fb), mean(fa), b, c, mcnemar_exact(b, c), diff, lo, hi)
