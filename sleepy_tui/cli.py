@@ -344,10 +344,10 @@ def cmd_run(args) -> int:
     if args.koan:
         koans = corpus.select(ids=args.koan)
         frozen = [k.id for k in koans if k.split == "eval"]
-        if frozen and not args.koans:
+        if frozen:
             raise CliError(f"{', '.join(frozen)} belong(s) to the frozen eval set; use `sleepy eval` for those")
     else:
-        koans = corpus.select(split=None if args.koans else "train", family=args.family)
+        koans = corpus.select(split="train", family=args.family)
     if args.count:
         koans = koans[: args.count]
     if not koans:
@@ -433,15 +433,18 @@ def _model_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--stream", action="store_true", help="print the model's output as it streams")
 
 
-def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--koans", metavar="DIR", help="a folder of koan files instead of the project's corpus")
-    p.add_argument("--state", metavar="DIR", help="state folder (default: ./state)")
+def _common(p: argparse.ArgumentParser, top: bool = False) -> None:
+    # Sub-commands must not reset what was given before them (`sleepy --state X run`): SUPPRESS their default.
+    default = None if top else argparse.SUPPRESS
+    p.add_argument("--koans", metavar="DIR", default=default,
+                   help="a folder of koan files instead of the project's corpus")
+    p.add_argument("--state", metavar="DIR", default=default, help="state folder (default: ./state)")
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sleepy", description="A small local code model learns Rust from its "
                                      "own mistakes. With no command, opens the app.")
-    _common(parser)
+    _common(parser, top=True)
     sub = parser.add_subparsers(dest="command")
 
     koans = sub.add_parser("koans", help="list, show, check and freeze koans")
@@ -519,16 +522,18 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("adapters", help="list, promote or roll back adapters")
     _common(p)
     asub = p.add_subparsers(dest="adapters_command")
-    asub.add_parser("list")
+    _common(asub.add_parser("list"))
     pp = asub.add_parser("promote")
+    _common(pp)
     pp.add_argument("id")
-    asub.add_parser("rollback")
+    _common(asub.add_parser("rollback"))
     p.set_defaults(func=cmd_adapters)
 
     p = sub.add_parser("export", help="export an adapter for another runtime")
     _common(p)
     esub = p.add_subparsers(dest="export_target", required=True)
     pp = esub.add_parser("ollama", help="write an Ollama Modelfile (FROM base, ADAPTER gguf)")
+    _common(pp)
     pp.add_argument("--cycle", type=int, required=True)
     pp.add_argument("--base", help="the Ollama model the adapter applies to")
     pp.add_argument("--name", help="name for `ollama create`")
