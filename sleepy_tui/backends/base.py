@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Iterator
 
 Message = dict  # {"role": "system"|"user"|"assistant", "content": str}
+MAX_CHARS_PER_TOKEN = 16
 
 
 class BackendUnavailable(RuntimeError):
@@ -42,6 +43,7 @@ class Reply:
     tokens_out: int
     ms: float
     cancelled: bool = False
+    truncated: bool = False   # the stream went on past max_tokens and was cut
 
 
 @dataclass
@@ -66,15 +68,21 @@ class Backend(ABC):
         options = options or GenOptions()
         t0 = time.perf_counter()
         parts: list[str] = []
+        size = 0
+        limit = options.max_tokens * MAX_CHARS_PER_TOKEN  # a server that ignores max_tokens can't flood us
         tokens_in = tokens_out = None
-        cancelled = False
+        cancelled = truncated = False
         gen = self.stream(messages, options)
         try:
             for chunk in gen:
                 if chunk.text:
                     parts.append(chunk.text)
+                    size += len(chunk.text)
                     if on_text:
                         on_text(chunk.text)
+                    if size > limit:
+                        truncated = True
+                        break
                 if chunk.tokens_in is not None:
                     tokens_in = chunk.tokens_in
                 if chunk.tokens_out is not None:
@@ -93,6 +101,7 @@ class Backend(ABC):
             tokens_out=tokens_out if tokens_out is not None else max(1, len(text) // 4) if text else 0,
             ms=round((time.perf_counter() - t0) * 1000, 1),
             cancelled=cancelled,
+            truncated=truncated,
         )
 
 
