@@ -70,8 +70,8 @@ def path_for_backend(meta: dict | None, backend: str) -> str:
     """The adapter file or folder a backend loads: GGUF for llama.cpp/Ollama, peft or mlx folder otherwise."""
     if not meta:
         return ""
-    key = {"embedded": "gguf", "ollama": "gguf", "transformers": "peft_dir", "mlx": "mlx_dir"}.get(backend, "")
-    path = meta.get(key, "") if key else ""
+    key = {"embedded": "gguf", "ollama": "gguf", "transformers": "peft_dir", "mlx": "mlx_dir"}.get(backend)
+    path = meta.get(key, "") if key else next((meta[k] for k in ("gguf", "peft_dir", "mlx_dir") if meta.get(k)), "")
     if not path:
         raise AdapterError(f"adapter {meta['adapter_id']} has no {key or 'usable'} form for the {backend} backend")
     return path
