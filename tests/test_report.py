@@ -1,0 +1,37 @@
+"""The results page and its plots, from a state made by the scripted backend through the engine."""
+
+import re
+
+from sleepy_tui.metrics import koan_outcomes, store_cycle_table
+from sleepy_tui.report import PLOTS, build_report
+from tests.test_engine import fence, setup  # noqa: F401  (the fixture)
+
+
+def test_report_tables_match_the_episodes(setup, tmp_path):
+    engine, corpus, replies, trainer = setup
+    k = corpus.koans
+    replies += ["no idea", fence(k["bc_901"].solution), "still no idea", fence(k["bc_900"].solution)]
+    engine.cycle()
+    path = build_report(engine.store, tmp_path / "report")
+    md = path.read_text()
+    rows = store_cycle_table(engine.store)
+    for r in rows:  # the frozen-set table holds exactly what the episodes say
+        outs = koan_outcomes(engine.store.episodes(r.run_ids[-1]))
+        passed = sum(o.passed for o in outs.values())
+        assert re.search(rf"\| {r.cycle} \| {passed / len(outs):.1%} \| {passed} \| {len(outs) - passed} \|", md)
+    assert "| 0 | 0.0% | 0 | 1 | N/A (baseline) | - | base |" in md
+    assert "| 1 | 100.0% | 1 | 0 | none | bc_900 |" in md
+    assert "| Pass rate | 0.0% | 100.0% | +100.0 pts |" in md
+    assert "no significant change" in md  # one koan can't make a significant change
+    assert "| `no_code` | 1 | 0 | down |" in md
+    assert "**Gate:** promoted" in md and "| borrow_checker | 0/1 | 1/1 |" in md
+    for name in PLOTS:
+        png = tmp_path / "report" / name
+        assert png.exists() and png.stat().st_size > 2000 and png.read_bytes()[:4] == b"\x89PNG"
+        assert f"![{name}]({name})" in md
+
+
+def test_report_without_eval_says_what_to_do(tmp_path):
+    from sleepy_tui.store import Store
+    md = build_report(Store(tmp_path / "s"), tmp_path / "r").read_text()
+    assert "sleepy eval --cycle 0" in md
