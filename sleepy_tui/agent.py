@@ -132,13 +132,14 @@ class Agent:
 
     # ---- a run ---------------------------------------------------------------------------------------------
 
-    def run(self, koans: list[Koan], *, kind: str = "day", cycle: int = 0, run_id: str | None = None) -> RunResult:
+    def run(self, koans: list[Koan], *, kind: str = "day", cycle: int = 0, run_id: str | None = None,
+            run_meta: dict | None = None) -> RunResult:
         run_id = run_id or new_run_id(kind)
         split = "eval" if kind == "eval" else "train"
         run = {"run_id": run_id, "kind": kind, "split": split, "cycle": cycle, "backend": self.backend.name,
                "model": self.backend.model, "adapter": self.backend.adapter or "", "started": time.time(),
                "finished": None, "status": "running", "koan_ids": [k.id for k in koans],
-               "max_attempts": self.settings.max_attempts}
+               "max_attempts": self.settings.max_attempts, **(run_meta or {})}
         self.store.save_run(run)
         self.on_event(ev.RunStarted(run_id, split, tuple(run["koan_ids"]), self.backend.describe()))
         writer = _Writer(self.store, self.on_event)

@@ -93,11 +93,14 @@ class Engine:
 
     def run_agent(self, koans: list[Koan], *, kind: str = "day", cycle: int | None = None,
                   on_event: ev.EventSink = ev.ignore, cancel: threading.Event | None = None,
-                  backend: Backend | None = None) -> RunResult:
-        backend = backend or self.make_backend(on_notice=lambda m: on_event(ev.Notice("info", m)))
+                  backend: Backend | None = None, adapter_id: str | None = None) -> RunResult:
+        if backend is None:
+            backend = self.make_backend(on_notice=lambda m: on_event(ev.Notice("info", m)))
+            cur = self.current_adapter()
+            adapter_id = adapter_id or (cur["adapter_id"] if cur and not self.settings.adapter else None)
         cycle = self.current_cycle() if cycle is None else cycle
         agent = Agent(backend, self.sandbox, self.store, self.settings, on_event=on_event, cancel=cancel)
-        return agent.run(koans, kind=kind, cycle=cycle)
+        return agent.run(koans, kind=kind, cycle=cycle, run_meta={"adapter_id": adapter_id or ""})
 
     def current_cycle(self) -> int:
         cycles = self.store.cycles()
@@ -200,7 +203,7 @@ class Engine:
         if meta["stopped"]:
             raise EngineError("cycle stopped during training; `sleepy train --resume` continues it")
         res = self.run_agent(corpus.eval_set, kind="eval", cycle=n, on_event=on_event, cancel=cancel,
-                             backend=self.make_backend(adapter=meta))
+                             backend=self.make_backend(adapter=meta), adapter_id=meta["adapter_id"])
         if res.cancelled or res.error:
             raise EngineError(res.error or "cycle cancelled during the eval")
         promote, reason, facts = self.gate(baseline, res.run_id)

@@ -149,7 +149,8 @@ def cycle_table(runs: list[dict], episodes_of) -> list[CycleRow]:
             continue
         latest = outs[-1]
         row = CycleRow(cycle=cycle, run_ids=[r["run_id"] for r in rs], metrics=metrics_of(latest),
-                       pass_rates=[metrics_of(o).pass_rate for o in outs], adapter=rs[-1].get("adapter", ""))
+                       pass_rates=[metrics_of(o).pass_rate for o in outs],
+                       adapter=rs[-1].get("adapter_id") or rs[-1].get("adapter", ""))
         if prev is not None:
             row.regressions, row.gains = compare(prev, latest)
             row.repeat_error_rate_across = repeat_error_rate_across(prev, latest)

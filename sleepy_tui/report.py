@@ -4,6 +4,7 @@ Every number comes from metrics.py (the same source as `sleepy status` and the a
 
 from __future__ import annotations
 
+import re
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -142,7 +143,7 @@ def ascii_curve(curve: list[dict], width: int = 60, height: int = 10) -> str:
     plt.plot([p["step"] for p in curve], [p["loss"] for p in curve], marker="braille")
     plt.xlabel("step")
     plt.ylabel("loss")
-    return plt.build()
+    return re.sub(r"\x1b\[[0-9;]*m", "", plt.build())
 
 
 def write_plots(rows: list[CycleRow], trained: list[dict], out_dir: Path) -> list[str]:

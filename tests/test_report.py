@@ -20,7 +20,8 @@ def test_report_tables_match_the_episodes(setup, tmp_path):
         passed = sum(o.passed for o in outs.values())
         assert re.search(rf"\| {r.cycle} \| {passed / len(outs):.1%} \| {passed} \| {len(outs) - passed} \|", md)
     assert "| 0 | 0.0% | 0 | 1 | N/A (baseline) | - | base |" in md
-    assert "| 1 | 100.0% | 1 | 0 | none | bc_900 |" in md
+    assert "| 1 | 100.0% | 1 | 0 | none | bc_900 | c001-" in md
+    assert "\x1b[" not in md
     assert "| Pass rate | 0.0% | 100.0% | +100.0 pts |" in md
     assert "no significant change" in md  # one koan can't make a significant change
     assert "| `no_code` | 1 | 0 | down |" in md
