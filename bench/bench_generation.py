@@ -1,0 +1,70 @@
+"""Generation: tokens/s of each local backend on the same prompt and length.
+
+The embedded model through llama.cpp is the baseline; the same model through transformers and through mlx-lm
+(CPU here) are measured against it. Model loading is excluded (each backend is warmed once).
+usage: python bench/bench_generation.py [--quick] [--tokens N] [--runs R]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+
+from common import record, table
+
+from sleepy_tui.backends.base import BackendUnavailable, GenOptions
+from sleepy_tui.koans import load_corpus
+from sleepy_tui.prompts import build_messages
+
+
+def backends():
+    from sleepy_tui.backends.embedded import EmbeddedBackend, embedded_hf_dir
+    yield "embedded (llama.cpp)", lambda: EmbeddedBackend(model="", engine="llama.cpp")
+    yield "embedded (transformers)", lambda: EmbeddedBackend(model="", engine="transformers")
+
+    def mlx():
+        from sleepy_tui.backends.mlx_backend import MlxBackend
+        return MlxBackend(model=str(embedded_hf_dir()))
+    yield "mlx-lm (CPU)", mlx
+
+
+def measure(make, messages, tokens: int, runs: int) -> tuple[float, int]:
+    backend = make()
+    opts = GenOptions(temperature=0.0, seed=0, max_tokens=tokens)
+    backend.chat(messages, GenOptions(temperature=0.0, seed=0, max_tokens=8))  # load + warm
+    rates, outs = [], []
+    for _ in range(runs):
+        r = backend.chat(messages, opts)
+        rates.append(r.tokens_out / (r.ms / 1000))
+        outs.append(r.tokens_out)
+    backend.close()
+    return statistics.median(rates), int(statistics.median(outs))
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--tokens", type=int, default=128)
+    ap.add_argument("--runs", type=int, default=3)
+    args = ap.parse_args()
+    tokens, runs = (16, 1) if args.quick else (args.tokens, args.runs)
+    koan = load_corpus().eval_set[0] if load_corpus().eval_set else None
+    messages = build_messages(koan) if koan else [{"role": "user", "content": "Write a Rust function adding two numbers."}]
+    rows, base = [], None
+    for name, make in backends():
+        try:
+            rate, out = measure(make, messages, tokens, runs)
+        except BackendUnavailable as e:
+            rows.append([name, "unavailable", "", str(e)])
+            continue
+        base = base or rate
+        rows.append([name, f"{rate:.1f}", f"{rate / base:.2f}x", f"{out} tokens generated"])
+    body = (f"Same prompt (a frozen koan's first prompt), greedy, up to {tokens} new tokens, median of {runs} runs, "
+            "model load excluded.\n\n" + table(["backend", "tokens/s", "vs llama.cpp", "note"], rows))
+    record("Generation speed", " ".join(["python", "bench/bench_generation.py"] + sys.argv[1:]), body, args.quick)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
