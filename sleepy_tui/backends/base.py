@@ -94,7 +94,8 @@ class Backend(ABC):
             close = getattr(gen, "close", None)
             if close:
                 close()
-        text = "".join(parts)
+        # Lone surrogates or NULs from a misbehaving server would break JSON and UTF-8 files downstream.
+        text = "".join(parts).encode("utf-8", "replace").decode("utf-8").replace("\x00", "")
         return Reply(
             text=text,
             tokens_in=tokens_in if tokens_in is not None else estimate_tokens(messages),
