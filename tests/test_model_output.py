@@ -51,3 +51,12 @@ def test_prose_only_and_binary_noise(koan_dir, tmp_path, sandbox):
     eps = run_with(ScriptedBackend(["The borrow checker is strict. Try harder.", "\x1b[31m\x07\x08"]), koan_dir,
                    tmp_path, sandbox, attempts=2)
     assert [e["outcome"] for e in eps] == ["no_code", "no_code"]
+
+
+def test_streaming_stops_once_the_code_block_is_closed():
+    text = "```rust\npub fn f() {}\n```\nNow let me explain at great length " + "blah " * 500
+    reply = ScriptedBackend([text], chunk_size=4).chat([{"role": "user", "content": "x"}])
+    assert reply.text.startswith("```rust\npub fn f() {}\n```") and len(reply.text) < 40  # within a chunk
+    full = ScriptedBackend([text], chunk_size=4).chat([{"role": "user", "content": "x"}],
+                                                      GenOptions(stop_after_code=False))
+    assert full.text == text

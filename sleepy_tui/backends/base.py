@@ -26,6 +26,7 @@ class GenOptions:
     temperature: float = 0.2
     seed: int | None = 0
     max_tokens: int = 768
+    stop_after_code: bool = True   # stop streaming once a fenced code block is closed: the rest is chatter
 
 
 @dataclass
@@ -83,6 +84,8 @@ class Backend(ABC):
                     if size > limit:
                         truncated = True
                         break
+                    if options.stop_after_code and _closed_fence("".join(parts)):
+                        break
                 if chunk.tokens_in is not None:
                     tokens_in = chunk.tokens_in
                 if chunk.tokens_out is not None:
@@ -104,6 +107,12 @@ class Backend(ABC):
             cancelled=cancelled,
             truncated=truncated,
         )
+
+
+def _closed_fence(text: str) -> bool:
+    """True once an opening ``` fence has been closed by a second one at the start of a line."""
+    first = text.find("```")
+    return first >= 0 and text.find("\n```", first + 3) >= 0
 
 
 def estimate_tokens(messages: list[Message]) -> int:
