@@ -1,0 +1,583 @@
+"""Sleep with mlx-lm: LoRA on a local HF-format model, driven from Python so that events stream step by step.
+
+Built on mlx-lm's tuner pieces (`mlx_lm.load`, `linear_to_lora_layers`, its adapter files, the compiled
+train step of `tuner/trainer.py`) with our own loop around them, because mlx-lm's `train()` resumes weights
+only: here a checkpoint also holds the optimizer state (Adam moments and step, which drives the learning-rate
+schedule), the RNG key (LoRA dropout) and the data order, so a stopped or crashed run resumes to the same
+weights as an unbroken one.
+
+    checkpoints/step-000020/   adapters.safetensors + adapter_config.json (mlx-lm format, loadable as is),
+                               optimizer.safetensors (tree_flatten(optimizer.state)), trainer_state.json
+                               (step, RNG key, data order, config, dataset hash, the loss log so far)
+    adapter/                   the final adapter: mlx_lm.load(model_dir, adapter_path=out_dir / "adapter")
+    loss.jsonl, train_config.json
+
+The loss is taken on the assistant reply only: the prompt (system + user turns and the assistant header) is
+masked. One step is one optimizer update over `grad_accum` batches of `batch_size` examples.
+
+mlx is imported inside the functions, so this module imports anywhere; `train` raises TrainingUnavailable
+where mlx can't run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import re
+import shutil
+import threading
+import time
+from pathlib import Path
+
+from .. import events as ev
+from .base import TrainConfig, TrainingUnavailable, TrainResult, read_dataset
+
+ADAPTER_WEIGHTS = "adapters.safetensors"
+ADAPTER_CONFIG = "adapter_config.json"
+OPTIMIZER_FILE = "optimizer.safetensors"
+STATE_FILE = "trainer_state.json"        # written last: a checkpoint folder without it is incomplete
+MAX_GRAD_NORM = 1.0                      # transformers' Trainer default
+PAD_MULTIPLE = 32                        # pad batches to few distinct shapes: the compiled step retraces per shape
+_CKPT = re.compile(r"^step-(\d{6})$")
+# Config fields a resumed run may change without changing what it computes.
+_RESUME_FREE = ("checkpoint_every", "device")
+
+INSTALL_HINT = "pip install mlx-lm (and on Linux mlx[cpu], or mlx[cuda] for an NVIDIA GPU)"
+
+
+def mlx_problem() -> str | None:
+    """Why mlx-lm can't train here (None: it can)."""
+    try:
+        import mlx.core as mx
+        import mlx_lm  # noqa: F401
+        mx.eval(mx.ones((2, 2)) @ mx.ones((2, 2)))
+    except Exception as e:  # noqa: BLE001 - ImportError, or a broken native library
+        return f"mlx-lm is not usable here ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); " \
+               f"{INSTALL_HINT}"
+    return None
+
+
+# ---- the model ---------------------------------------------------------------------------------------------------
+
+def _config_fixes(model_dir: Path) -> dict:
+    """Config overrides mlx-lm needs for folders written by transformers >= 5.
+
+    transformers 5 writes `rope_parameters: {rope_theta, rope_type}` instead of a top-level `rope_theta`;
+    mlx-lm's llama reads only the latter and would silently fall back to 10000 (SmolLM2 uses 100000).
+    """
+    try:
+        cfg = json.loads((model_dir / "config.json").read_text())
+    except (OSError, json.JSONDecodeError):
+        return {}
+    rope = cfg.get("rope_parameters")
+    fixes: dict = {}
+    if isinstance(rope, dict) and "rope_theta" not in cfg and "rope_theta" in rope:
+        fixes["rope_theta"] = float(rope["rope_theta"])
+        if rope.get("rope_type", "default") != "default" and "rope_scaling" not in cfg:
+            fixes["rope_scaling"] = dict(rope)
+    return fixes
+
+
+def load_model(model_dir: str | os.PathLike, adapter_path: str | os.PathLike | None = None,
+               *, float32_on_cpu: bool = True):
+    """`mlx_lm.load` of a local HF-format folder, with the config fixes above; (model, tokenizer).
+
+    On the CPU, half-precision weights are cast to float32 (mlx's CPU kernels are faster in float32 and
+    the LoRA update is then not rounded away)."""
+    import mlx.core as mx
+    import mlx_lm
+    model_dir = Path(model_dir)
+    model, tokenizer = mlx_lm.load(str(model_dir), model_config=_config_fixes(model_dir) or None,
+                                   adapter_path=str(adapter_path) if adapter_path else None)
+    if float32_on_cpu and mx.default_device() == mx.cpu:
+        model.set_dtype(mx.float32)
+    return model, tokenizer
+
+
+def _is_model_dir(p: Path) -> bool:
+    return (p / "config.json").is_file() and any(p.glob("model*.safetensors"))
+
+
+def resolve_base_model(base_model: str, cache_dir: Path | None = None) -> Path:
+    """The local HF-format folder to train on; empty: a safetensors copy of the embedded SmolLM2 GGUF."""
+    if base_model:
+        p = Path(base_model).expanduser()
+        if not _is_model_dir(p):
+            raise TrainingUnavailable(
+                f"the mlx trainer needs a local model folder in Hugging Face format (config.json + *.safetensors); "
+                f"{base_model!r} is not one (no downloads: convert or download it first)")
+        return p
+    try:
+        from ..backends.embedded import embedded_hf_dir
+    except ImportError as e:
+        raise TrainingUnavailable(f"can't convert the embedded model for mlx ({e}); set base_model to a local "
+                                  "HF-format model folder") from None
+    try:
+        return embedded_hf_dir(cache_dir)
+    except Exception as e:  # noqa: BLE001 - BackendUnavailable, a transformers/gguf failure
+        raise TrainingUnavailable(f"can't convert the embedded SmolLM2 GGUF into an HF folder for mlx ({e}); "
+                                  "set base_model to a local HF-format model folder") from None
+
+
+def lora_keys(model, target_modules: tuple[str, ...]) -> list[str]:
+    """Paths inside a transformer block (`self_attn.q_proj`) of the linear layers named in target_modules."""
+    import mlx.nn as nn
+    found = sorted({name for layer in model.layers for name, m in layer.named_modules()
+                    if name.rsplit(".", 1)[-1] in target_modules and isinstance(m, (nn.Linear, nn.QuantizedLinear))})
+    missing = [t for t in target_modules if not any(k.rsplit(".", 1)[-1] == t for k in found)]
+    if missing:
+        linears = sorted({n.rsplit(".", 1)[-1] for layer in model.layers for n, m in layer.named_modules()
+                          if isinstance(m, (nn.Linear, nn.QuantizedLinear))})
+        raise ValueError(f"target_modules {missing} not found in the model; its linear layers: {', '.join(linears)}")
+    return found
+
+
+def adapter_config(config: TrainConfig, model, base_dir: Path) -> dict:
+    """adapter_config.json as mlx-lm's `load_adapters` reads it (peft's alpha becomes mlx-lm's scale).
+
+    Call it on the model before the LoRA layers go in (the keys name the plain linears)."""
+    return {
+        "fine_tune_type": "lora",
+        "num_layers": len(model.layers),
+        "lora_parameters": {"rank": config.lora_rank, "scale": config.lora_alpha / config.lora_rank,
+                            "dropout": config.lora_dropout, "keys": lora_keys(model, config.target_modules)},
+        "model": str(base_dir),
+        "trainer": "sleepy-tui mlx",
+    }
+
+
+# ---- data --------------------------------------------------------------------------------------------------------
+
+def encode_example(tokenizer, messages: list[dict]) -> tuple[list[int], int]:
+    """(tokens of the whole chat, offset of the assistant reply): the loss covers tokens[offset:]."""
+    tokens = list(tokenizer.apply_chat_template(messages, return_dict=False))
+    prompt = list(tokenizer.apply_chat_template(messages[:-1], add_generation_prompt=True, return_dict=False))
+    offset = 0
+    for a, b in zip(tokens, prompt):   # the prompt should be a prefix; if a template breaks that, mask the shared part
+        if a != b:
+            break
+        offset += 1
+    return tokens, offset
+
+
+class DataOrder:
+    """Which examples each batch takes: a fresh permutation per epoch, from (seed, epoch) alone.
+
+    Batches run across epoch ends (no example is dropped); the state is (epoch, position)."""
+
+    def __init__(self, n: int, seed: int):
+        self.n, self.seed = n, seed
+        self.epoch, self.position = 0, 0
+        self._perm = self._permutation(0)
+
+    def _permutation(self, epoch: int) -> list[int]:
+        import numpy as np
+        return np.random.default_rng([self.seed, epoch]).permutation(self.n).tolist()
+
+    def take(self, k: int) -> list[int]:
+        out = []
+        while len(out) < k:
+            if self.position == self.n:
+                self.epoch, self.position = self.epoch + 1, 0
+                self._perm = self._permutation(self.epoch)
+            out.append(self._perm[self.position])
+            self.position += 1
+        return out
+
+    def state(self) -> dict:
+        return {"epoch": self.epoch, "position": self.position, "seed": self.seed}
+
+    def restore(self, state: dict) -> None:
+        self.epoch, self.position = int(state["epoch"]), int(state["position"])
+        self._perm = self._permutation(self.epoch)
+
+
+def make_batch(examples: list[tuple[list[int], int]], idx: list[int]):
+    """(tokens [B, T], positions [B, K], mask [B, K]) for `reply_loss`.
+
+    tokens are zero-padded to T = 1 + a multiple of PAD_MULTIPLE; positions are the input positions whose
+    next token is a reply token (K a multiple of PAD_MULTIPLE too: few distinct shapes, few retraces of the
+    compiled step); mask marks the real ones."""
+    import mlx.core as mx
+    import numpy as np
+    rows = [examples[i] for i in idx]
+    starts = [max(offset, 1) - 1 for _, offset in rows]          # predicts tokens[offset]
+    counts = [len(toks) - 1 - st for (toks, _), st in zip(rows, starts)]
+    width = 1 + PAD_MULTIPLE * math.ceil((max(len(t) for t, _ in rows) - 1) / PAD_MULTIPLE)
+    k = PAD_MULTIPLE * math.ceil(max(counts) / PAD_MULTIPLE)
+    tokens = np.zeros((len(rows), width), np.int32)
+    positions = np.zeros((len(rows), k), np.int32)
+    mask = np.zeros((len(rows), k), np.bool_)
+    for r, ((toks, _), st, n) in enumerate(zip(rows, starts, counts)):
+        tokens[r, :len(toks)] = toks
+        positions[r] = np.minimum(st + np.arange(k), width - 2)
+        mask[r, :n] = True
+    return mx.array(tokens), mx.array(positions), mx.array(mask)
+
+
+# Architectures whose __call__ is exactly `lm_head(self.model(inputs))` (tied: embed_tokens.as_linear): for
+# them the output layer runs on the reply positions only, a large share of the work for a small model.
+_PLAIN_HEAD = ("llama", "qwen2", "qwen3", "phi3")
+
+
+def reply_logits(model, inputs, positions):
+    """Logits [B, K, V] at `positions` of `inputs`."""
+    import mlx.core as mx
+    args = getattr(model, "args", None)
+    if getattr(model, "model_type", None) in _PLAIN_HEAD and args is not None and hasattr(model, "model"):
+        hidden = model.model(inputs)
+        hidden = mx.take_along_axis(hidden, positions[..., None], axis=1)
+        if getattr(args, "tie_word_embeddings", False):
+            return model.model.embed_tokens.as_linear(hidden)
+        return model.lm_head(hidden)
+    return mx.take_along_axis(model(inputs), positions[..., None], axis=1)
+
+
+def reply_loss(model, tokens, positions, mask):
+    """Mean cross-entropy over the reply tokens (the prompt is masked); (loss, number of reply tokens)."""
+    import mlx.core as mx
+    import mlx.nn as nn
+    logits = reply_logits(model, tokens[:, :-1], positions)
+    targets = mx.take_along_axis(tokens, positions + 1, axis=1)
+    ce = nn.losses.cross_entropy(logits.astype(mx.float32), targets) * mask
+    ntoks = mask.sum()
+    return ce.sum() / mx.maximum(ntoks, 1), ntoks
+
+
+# ---- learning rate -----------------------------------------------------------------------------------------------
+
+def lr_schedule(config: TrainConfig):
+    """lr(s) for update s = 0, 1, ...: linear warmup (never 0), then cosine / linear decay or constant.
+
+    A function of the optimizer's step counter, which the checkpoint restores: that is the scheduler state."""
+    import mlx.core as mx
+    base, warm, total = config.learning_rate, max(0, config.warmup_steps), config.steps
+    kind = config.lr_schedule
+    if kind not in ("cosine", "linear", "constant"):
+        raise ValueError(f"lr_schedule: unknown {kind!r} (cosine | linear | constant)")
+
+    def lr(step):
+        s = mx.array(step).astype(mx.float32)
+        warmup = base * (s + 1) / (warm + 1)
+        p = mx.clip((s - warm) / max(1, total - warm), 0.0, 1.0)
+        if kind == "cosine":
+            after = base * 0.5 * (1 + mx.cos(math.pi * p))
+        elif kind == "linear":
+            after = base * (1 - p)
+        else:
+            after = mx.array(base, mx.float32)
+        return mx.where(s < warm, warmup, after)
+
+    return lr
+
+
+# ---- checkpoints ---------------------------------------------------------------------------------------------------
+
+def _write_json(path: Path, obj) -> None:
+    path.write_text(json.dumps(obj, indent=2, default=str))
+
+
+def _replace_dir(tmp: Path, final: Path) -> None:
+    """Put a fully written folder in place; an older one of the same name goes only after the new one is in."""
+    old = None
+    if final.exists():
+        old = final.with_name(f".tmp-old-{final.name}-{os.getpid()}")
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(final, old)
+    os.replace(tmp, final)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _write_folder(final: Path, fill) -> None:
+    """Atomically: fill(tmp) writes into a fresh temporary folder next to `final`, which then takes its place."""
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = final.parent / f".tmp-{final.name}-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    fill(tmp)
+    _replace_dir(tmp, final)
+
+
+def _save_adapter(folder: Path, model, adapter_cfg: dict) -> None:
+    import mlx.core as mx
+    from mlx.utils import tree_flatten
+    mx.save_safetensors(str(folder / ADAPTER_WEIGHTS), dict(tree_flatten(model.trainable_parameters())))
+    _write_json(folder / ADAPTER_CONFIG, adapter_cfg)
+
+
+def checkpoints(out_dir: Path) -> list[tuple[int, Path]]:
+    """Complete checkpoints in out_dir, oldest first."""
+    root = out_dir / "checkpoints"
+    found = []
+    if root.is_dir():
+        for p in root.iterdir():
+            m = _CKPT.match(p.name)
+            if m and (p / STATE_FILE).is_file():
+                found.append((int(m.group(1)), p))
+    return sorted(found)
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _rng_key() -> list[int]:
+    import mlx.core as mx
+    return [int(x) for x in mx.random.state[0].tolist()]
+
+
+def _set_rng_key(key: list[int]) -> None:
+    """mx.random.seed(s) sets the key to (s >> 32, s & 0xffffffff): any key can be put back that way."""
+    import mlx.core as mx
+    mx.random.seed((int(key[0]) << 32) | int(key[1]))
+
+
+def _compatible(saved: dict, config: TrainConfig) -> list[str]:
+    now = config.to_dict()
+    return [f"{k}: {saved.get(k)!r} -> {now[k]!r}" for k in now
+            if k not in _RESUME_FREE and saved.get(k) != now[k]]
+
+
+# ---- the trainer -----------------------------------------------------------------------------------------------------
+
+class _Run:
+    """One training run in memory: the model with its LoRA layers, the optimizer, the data order, the loss log.
+
+    Everything a checkpoint holds is here, so `save` and `restore` are each other's inverse."""
+
+    def __init__(self, config: TrainConfig, model, examples: list, base_dir: Path, data_hash: str, compile: bool):
+        import mlx.core as mx
+        import mlx.optimizers as optim
+        from mlx_lm.tuner.utils import linear_to_lora_layers
+        self.config, self.model, self.examples = config, model, examples
+        self.base_dir, self.data_hash = base_dir, data_hash
+        mx.random.seed(config.seed)                  # fixes the LoRA initialisation (and the dropout after it)
+        model.freeze()
+        self.adapter_cfg = adapter_config(config, model, base_dir)
+        linear_to_lora_layers(model, self.adapter_cfg["num_layers"], self.adapter_cfg["lora_parameters"])
+        self.optimizer = optim.Adam(learning_rate=lr_schedule(config), bias_correction=True)
+        self.optimizer.init(model.trainable_parameters())
+        self.order = DataOrder(len(examples), config.seed)
+        self.per_batch = min(config.batch_size, len(examples))
+        self.log: list[dict] = []
+        self.step = 0
+        self._compile = compile
+        self._step_fn = None
+
+    # -- checkpoints --
+
+    def save(self, folder: Path) -> None:
+        import mlx.core as mx
+        from mlx.utils import tree_flatten
+        _save_adapter(folder, self.model, {**self.adapter_cfg, "steps": self.step})
+        mx.save_safetensors(str(folder / OPTIMIZER_FILE), dict(tree_flatten(self.optimizer.state)))
+        _write_json(folder / STATE_FILE, {
+            "step": self.step, "rng_key": _rng_key(), "data_order": self.order.state(),
+            "config": self.config.to_dict(), "dataset_sha256": self.data_hash, "base_model_dir": str(self.base_dir),
+            "log": self.log})
+
+    def restore(self, folder: Path, state: dict) -> None:
+        import mlx.core as mx
+        from mlx.utils import tree_flatten, tree_map_with_path
+        self.model.load_weights(list(mx.load(str(folder / ADAPTER_WEIGHTS)).items()), strict=False)
+        saved = mx.load(str(folder / OPTIMIZER_FILE))
+        if {k for k, _ in tree_flatten(self.optimizer.state)} != set(saved):
+            raise ValueError(f"{folder}: its optimizer state does not match the model's LoRA parameters")
+        self.optimizer.state = tree_map_with_path(lambda path, _: saved[path], self.optimizer.state)
+        self.order.restore(state["data_order"])
+        _set_rng_key(state["rng_key"])
+        self.step = int(state["step"])
+        self.log = [r for r in state["log"] if r["step"] <= self.step]
+
+    # -- training --
+
+    def _build_step(self):
+        """mlx-lm's compiled train step: model, optimizer and RNG state are its inputs and outputs."""
+        import mlx.core as mx
+        import mlx.nn as nn
+        import mlx.optimizers as optim
+        from mlx.utils import tree_map
+        model, optimizer, accum = self.model, self.optimizer, self.config.grad_accum
+        loss_and_grad = nn.value_and_grad(model, reply_loss)
+        self.state = [model.state, optimizer.state, mx.random.state]
+
+        def step_fn(batch, prev_grad, do_update: bool):
+            (loss, ntoks), grad = loss_and_grad(model, *batch)
+            if prev_grad is not None:
+                grad = tree_map(lambda a, b: a + b, grad, prev_grad)
+            if do_update:
+                if accum > 1:
+                    grad = tree_map(lambda g: g / accum, grad)
+                grad, _ = optim.clip_grad_norm(grad, MAX_GRAD_NORM)
+                optimizer.update(model, grad)
+                grad = None
+            return loss, ntoks, grad
+
+        return mx.compile(step_fn, inputs=self.state, outputs=self.state) if self._compile else step_fn
+
+    def train_step(self) -> dict:
+        """One optimizer update over grad_accum batches; its log record."""
+        import mlx.core as mx
+        if self._step_fn is None:
+            self._step_fn = self._build_step()
+            self.model.train()
+        t0 = time.perf_counter()
+        grad, losses, tokens = None, [], 0
+        for micro in range(self.config.grad_accum):
+            idx = self.order.take(self.per_batch)
+            tokens += sum(len(self.examples[i][0]) for i in idx)
+            loss, _, grad = self._step_fn(make_batch(self.examples, idx), grad, micro == self.config.grad_accum - 1)
+            losses.append(loss)
+            mx.eval(self.state, losses, grad)
+        dt = time.perf_counter() - t0
+        self.step += 1
+        rec = {"step": self.step, "loss": sum(x.item() for x in losses) / len(losses),
+               "lr": float(self.optimizer.learning_rate.item()),        # the rate this update used
+               "tokens_per_s": tokens / dt if dt > 0 else 0.0, "seconds": dt}
+        self.log.append(rec)
+        return rec
+
+
+class MlxTrainer:
+    """The Trainer protocol with mlx-lm LoRA (see the module docstring for the run folder)."""
+
+    name = "mlx"
+
+    def __init__(self, cache_dir: str | os.PathLike | None = None, *, compile: bool = True):
+        self.cache_dir = Path(cache_dir) if cache_dir else None   # where the embedded model's HF copy goes
+        self.compile = compile
+
+    def train(self, dataset: Path, config: TrainConfig, out_dir: Path, *, on_event: ev.EventSink,
+              stop: threading.Event | None = None, resume: bool = True) -> TrainResult:
+        try:
+            problem = mlx_problem()
+            if problem:
+                raise TrainingUnavailable(problem)
+            return self._train(Path(dataset), config, Path(out_dir), on_event, stop, resume)
+        except Exception as e:  # noqa: BLE001 - reported, then raised again
+            on_event(ev.TrainError(str(e) if isinstance(e, TrainingUnavailable) else f"{type(e).__name__}: {e}"))
+            raise
+
+    def _train(self, dataset: Path, config: TrainConfig, out_dir: Path, on_event: ev.EventSink,
+               stop: threading.Event | None, resume: bool) -> TrainResult:
+        import mlx.core as mx
+
+        if min(config.steps, config.batch_size, config.grad_accum, config.lora_rank) <= 0:
+            raise ValueError("steps, batch_size, grad_accum and lora_rank must be > 0")
+        device = self._device(config.device)
+        rows = read_dataset(dataset)
+        data_hash = _sha256(dataset)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        found = checkpoints(out_dir) if resume else []
+        latest = found[-1][1] if found else None
+        saved = json.loads((latest / STATE_FILE).read_text()) if latest else None
+        if saved is not None:
+            diffs = _compatible(saved["config"], config)
+            if saved.get("dataset_sha256") != data_hash:
+                diffs.append("the dataset changed")
+            if diffs:
+                raise ValueError(f"can't resume from {latest}: it was trained with a different setup "
+                                 f"({'; '.join(diffs)}); train with resume=False or into a new folder")
+        if not resume:
+            shutil.rmtree(out_dir / "checkpoints", ignore_errors=True)
+            shutil.rmtree(out_dir / "adapter", ignore_errors=True)
+        for folder in (out_dir, out_dir / "checkpoints"):      # half-written folders a crash left behind
+            for junk in (folder.glob(".tmp-*") if folder.is_dir() else ()):
+                shutil.rmtree(junk, ignore_errors=True)
+
+        base_dir = resolve_base_model(config.base_model, self.cache_dir)
+        with mx.stream(device):
+            model, tokenizer = load_model(base_dir)
+            examples = self._encode(rows, tokenizer, config, dataset, on_event)
+            run = _Run(config, model, examples, base_dir, data_hash, self.compile)
+            if saved is not None:
+                run.restore(latest, saved)
+            mx.eval(model.parameters(), run.optimizer.state)
+            _write_json(out_dir / "train_config.json", {
+                "trainer": self.name, **config.to_dict(), "base_model_dir": str(base_dir), "dataset": str(dataset),
+                "dataset_sha256": data_hash, "examples": len(examples), "skipped_examples": len(rows) - len(examples),
+                "optimizer": "adam (bias-corrected)", "max_grad_norm": MAX_GRAD_NORM,
+                "lora_scale": config.lora_alpha / config.lora_rank, "device": str(device), "versions": _versions()})
+            with open(out_dir / "loss.jsonl", "w", encoding="utf-8") as f:   # what the checkpoint knows, no more
+                f.writelines(json.dumps(_loss_record(r)) + "\n" for r in run.log)
+
+            def checkpoint() -> Path:
+                final = out_dir / "checkpoints" / f"step-{run.step:06d}"
+                _write_folder(final, run.save)
+                on_event(ev.CheckpointSaved(step=run.step, path=str(final)))
+                return final
+
+            def finish(adapter_dir: Path, stopped: bool) -> TrainResult:
+                losses = [r["loss"] for r in run.log]
+                on_event(ev.TrainDone(adapter_dir=str(adapter_dir), steps=run.step, stopped=stopped,
+                                      initial_loss=losses[0] if losses else None,
+                                      final_loss=losses[-1] if losses else None))
+                return TrainResult(adapter_dir=adapter_dir, steps=run.step, losses=losses, stopped=stopped)
+
+            on_event(ev.TrainStarted(run_dir=str(out_dir), total_steps=config.steps, examples=len(examples),
+                                     resumed_from=run.step))
+            last_ckpt = latest          # a checkpoint of the current step, if there is one
+            seconds: list[float] = []
+            while run.step < config.steps:
+                if stop is not None and stop.is_set():
+                    return finish(last_ckpt or checkpoint(), stopped=True)
+                rec = run.train_step()
+                seconds.append(rec["seconds"])
+                with open(out_dir / "loss.jsonl", "a", encoding="utf-8") as f:
+                    f.write(json.dumps(_loss_record(rec)) + "\n")
+                recent = seconds[-10:]
+                on_event(ev.TrainStep(step=run.step, total_steps=config.steps, loss=rec["loss"],
+                                      learning_rate=rec["lr"], tokens_per_s=rec["tokens_per_s"],
+                                      eta_s=sum(recent) / len(recent) * (config.steps - run.step)))
+                periodic = config.checkpoint_every > 0 and run.step % config.checkpoint_every == 0
+                last_ckpt = checkpoint() if periodic else None
+            model.eval()
+            final = out_dir / "adapter"
+            _write_folder(final, lambda tmp: _save_adapter(tmp, model, {**run.adapter_cfg, "steps": run.step}))
+            return finish(final, stopped=False)
+
+    @staticmethod
+    def _encode(rows: list[dict], tokenizer, config: TrainConfig, dataset: Path, on_event) -> list:
+        examples = []
+        for row in rows:
+            toks, offset = encode_example(tokenizer, row["messages"])
+            toks = toks[:config.max_seq_len]
+            if offset < len(toks):        # something of the reply is left after truncation
+                examples.append((toks, offset))
+        if not examples:
+            raise ValueError(f"{dataset}: no example has reply tokens within max_seq_len={config.max_seq_len}")
+        if len(examples) < len(rows):
+            on_event(ev.Notice("warning", f"{len(rows) - len(examples)} of {len(rows)} examples skipped: their "
+                                          f"prompt fills max_seq_len={config.max_seq_len}"))
+        return examples
+
+    @staticmethod
+    def _device(name: str):
+        import mlx.core as mx
+        if not name:
+            return mx.default_device()
+        if name == "cpu":
+            return mx.cpu
+        if name in ("cuda", "mps", "gpu", "metal"):
+            if not mx.is_available(mx.gpu):
+                raise TrainingUnavailable(f"device {name!r}: this mlx build has no GPU backend ({INSTALL_HINT})")
+            return mx.gpu
+        raise ValueError(f"device: unknown {name!r} (cpu | gpu | cuda | mps, or empty for mlx's default)")
+
+
+def _loss_record(rec: dict) -> dict:
+    return {k: rec[k] for k in ("step", "loss", "lr", "tokens_per_s")}
+
+
+def _versions() -> dict:
+    from importlib.metadata import PackageNotFoundError, version
+    out = {}
+    for pkg in ("mlx", "mlx-lm"):
+        try:
+            out[pkg] = version(pkg)
+        except PackageNotFoundError:
+            pass
+    return out
