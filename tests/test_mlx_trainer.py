@@ -109,7 +109,7 @@ def test_lr_schedule_warms_up_then_decays():
 
 
 def test_config_fix_reads_rope_theta_from_transformers5_config(tmp_path):
-    from sleepy_tui.training.mlx_trainer import _config_fixes
+    from sleepy_tui.backends.mlx_backend import mlx_config_fixes as _config_fixes
     (tmp_path / "config.json").write_text(json.dumps({"rope_parameters": {"rope_theta": 100000.0,
                                                                           "rope_type": "default"}}))
     assert _config_fixes(tmp_path) == {"rope_theta": 100000.0}

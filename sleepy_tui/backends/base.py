@@ -31,7 +31,8 @@ class GenOptions:
 
 @dataclass
 class Chunk:
-    """A piece of streamed text. The last chunk of a stream may carry the token counts instead of text."""
+    """A piece of streamed text. Any chunk may carry the token counts so far (the latest wins, so a stream the
+    caller stops early keeps them); the last chunk of a stream may carry the counts instead of text."""
     text: str = ""
     tokens_in: int | None = None
     tokens_out: int | None = None
@@ -76,6 +77,11 @@ class Backend(ABC):
         gen = self.stream(messages, options)
         try:
             for chunk in gen:
+                # Counts first: a backend may send them with every chunk, and the loop can stop at any chunk.
+                if chunk.tokens_in is not None:
+                    tokens_in = chunk.tokens_in
+                if chunk.tokens_out is not None:
+                    tokens_out = chunk.tokens_out
                 if chunk.text:
                     parts.append(chunk.text)
                     size += len(chunk.text)
@@ -86,10 +92,6 @@ class Backend(ABC):
                         break
                     if options.stop_after_code and _closed_fence("".join(parts)):
                         break
-                if chunk.tokens_in is not None:
-                    tokens_in = chunk.tokens_in
-                if chunk.tokens_out is not None:
-                    tokens_out = chunk.tokens_out
                 if cancel is not None and cancel.is_set():
                     cancelled = True
                     break

