@@ -117,6 +117,7 @@ class Agent:
                 adapter=self.backend.adapter or "", prompt=messages, reply=reply.text, code=code,
                 outcome=result.outcome, signature=result.signature,
                 diagnostics=[d.to_dict() for d in result.diagnostics],
+                output="" if result.outcome in ("pass", "compile_error") else result.output[-2000:],
                 generation_ms=reply.ms, check_ms=round(result.compile_ms + result.run_ms, 1),
                 tokens_in=reply.tokens_in, tokens_out=reply.tokens_out)
             episodes.append(ep)
@@ -141,7 +142,7 @@ class Agent:
                "finished": None, "status": "running", "koan_ids": [k.id for k in koans],
                "max_attempts": self.settings.max_attempts, **(run_meta or {})}
         self.store.save_run(run)
-        self.on_event(ev.RunStarted(run_id, split, tuple(run["koan_ids"]), self.backend.describe()))
+        self.on_event(ev.RunStarted(run_id, split, tuple(run["koan_ids"]), self.backend.describe(), kind))
         writer = _Writer(self.store, self.on_event)
         writer.start()
         results: list[KoanResult] = []

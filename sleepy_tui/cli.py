@@ -184,12 +184,11 @@ def cmd_train(args) -> int:
         info = DatasetInfo(Path(latest["path"]), latest["hash"], latest["examples"], latest["by_provenance"])
     else:
         info = engine.build_dataset()
-        engine.store.set_value("training_adapter_id", None)
     print(f"dataset {info.path}: {info.examples} examples {json.dumps(info.by_provenance)}")
     stop = threading.Event()
     try:
         meta = engine.train(info, cycle=engine.current_cycle() + 1, on_event=_TrainPrinter(), stop=stop,
-                            resume=args.resume)
+                            resume=args.resume, fresh=not args.resume)
     except KeyboardInterrupt:
         stop.set()
         raise
@@ -422,15 +421,17 @@ def cmd_report(args) -> int:
 
 # ---- wiring --------------------------------------------------------------------------------------------------------
 
-def _model_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--backend", help="auto | ollama | embedded | transformers | mlx | openai")
-    p.add_argument("--model", help="model name or path for the backend")
-    p.add_argument("--adapter", help="LoRA adapter path")
-    p.add_argument("--max-attempts", type=int, dest="max_attempts")
-    p.add_argument("--temperature", type=float)
-    p.add_argument("--seed", type=int)
-    p.add_argument("--max-tokens", type=int, dest="max_tokens")
-    p.add_argument("--stream", action="store_true", help="print the model's output as it streams")
+def _model_flags(p: argparse.ArgumentParser, top: bool = False) -> None:
+    d = {} if top else {"default": argparse.SUPPRESS}  # sub-commands keep what was given before them
+    p.add_argument("--backend", help="auto | ollama | embedded | transformers | mlx | openai", **d)
+    p.add_argument("--model", help="model name or path for the backend", **d)
+    p.add_argument("--adapter", help="LoRA adapter path", **d)
+    p.add_argument("--max-attempts", type=int, dest="max_attempts", **d)
+    p.add_argument("--temperature", type=float, **d)
+    p.add_argument("--seed", type=int, **d)
+    p.add_argument("--max-tokens", type=int, dest="max_tokens", **d)
+    if not top:
+        p.add_argument("--stream", action="store_true", help="print the model's output as it streams")
 
 
 def _common(p: argparse.ArgumentParser, top: bool = False) -> None:
@@ -445,6 +446,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sleepy", description="A small local code model learns Rust from its "
                                      "own mistakes. With no command, opens the app.")
     _common(parser, top=True)
+    _model_flags(parser, top=True)
     sub = parser.add_subparsers(dest="command")
 
     koans = sub.add_parser("koans", help="list, show, check and freeze koans")

@@ -114,8 +114,12 @@ class Engine:
 
     def train(self, dataset: DatasetInfo, *, cycle: int, on_event: ev.EventSink = ev.ignore,
               stop: threading.Event | None = None, resume: bool = True, adapter_id: str | None = None,
-              **config_overrides) -> dict:
-        """Train an adapter on `dataset`; record it (not promoted) and return its record."""
+              fresh: bool = False, **config_overrides) -> dict:
+        """Train an adapter on `dataset`; record it (not promoted) and return its record.
+
+        `fresh` starts a new adapter; otherwise a stopped or crashed training of the last adapter continues."""
+        if fresh:
+            self.store.set_value("training_adapter_id", None)
         s = self.settings
         trainer = self.trainer_factory(s)
         base_model = s.model if s.backend in ("transformers", "mlx") else ""
@@ -198,7 +202,7 @@ class Engine:
             raise EngineError(day.error or "cycle cancelled during the day")
         dataset = self.build_dataset(run_ids=[day.run_id], corpus=corpus)
         on_event(ev.Notice("info", f"dataset {dataset.hash}: {dataset.examples} examples {dataset.by_provenance}"))
-        meta = self.train(dataset, cycle=n, on_event=on_event, stop=cancel, resume=False,
+        meta = self.train(dataset, cycle=n, on_event=on_event, stop=cancel, resume=False, fresh=True,
                           **(train_overrides or {}))
         if meta["stopped"]:
             raise EngineError("cycle stopped during training; `sleepy train --resume` continues it")

@@ -28,6 +28,7 @@ class Episode:
     outcome: str               # pass | compile_error | test_failure | timeout | crashed | no_code
     signature: str | None      # None on pass
     diagnostics: list[dict] = field(default_factory=list)
+    output: str = ""           # the test binary's output (capped), for test failures, timeouts and crashes
     generation_ms: float = 0.0
     check_ms: float = 0.0
     tokens_in: int = 0

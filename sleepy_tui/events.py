@@ -34,6 +34,7 @@ class RunStarted(Event):
     split: str
     koan_ids: tuple[str, ...]
     backend: str
+    run_kind: str = "day"   # day | eval
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,22 @@
+"""`sleepy` with no arguments: build the engine with the real backends and trainers, and run the app."""
+
+from __future__ import annotations
+
+from ..config import Settings
+from ..engine import Engine, default_backend_factory, default_trainer_factory
+from .app import SleepyApp
+
+
+def build_app(settings: Settings, *, backend_factory=default_backend_factory,
+              trainer_factory=default_trainer_factory) -> SleepyApp:
+    """The app over a fresh engine; tests pass a scripted backend and a fake trainer."""
+    return SleepyApp(Engine(settings, backend_factory=backend_factory, trainer_factory=trainer_factory))
+
+
+def run_app(settings: Settings) -> int:
+    app = build_app(settings)
+    try:
+        app.run()
+    finally:
+        app.engine.close()  # flushes the store: no finished episode is lost
+    return app.return_code or 0

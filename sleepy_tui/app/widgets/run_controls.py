@@ -1,0 +1,37 @@
+"""Start a day run, an eval or a full cycle; stop; choose the serving backend and model."""
+
+from __future__ import annotations
+
+from textual.app import ComposeResult
+from textual.containers import Horizontal
+from textual.widgets import Button, Input, Label, Select
+
+from ...config import BACKENDS, Settings
+
+
+class RunControls(Horizontal):
+    def __init__(self, settings: Settings, *, id: str = "run-controls") -> None:
+        super().__init__(id=id)
+        self.settings = settings
+
+    def compose(self) -> ComposeResult:
+        s = self.settings
+        yield Button("Day run", id="day-run", variant="primary", compact=True,
+                     tooltip="The model tries every training koan (d)")
+        yield Button("Eval", id="eval-run", compact=True, tooltip="The model tries the frozen eval set (e)")
+        yield Button("Cycle", id="cycle-run", compact=True, tooltip="day → sleep (train) → eval → gate (c)")
+        yield Button("Stop", id="stop-run", variant="error", compact=True, disabled=True, tooltip="Stop (s)")
+        yield Button("Review", id="review", compact=True, tooltip="Step through the failed koans (r)")
+        backends = [b for b in BACKENDS if b != "fake" or s.backend == "fake"]  # fake is the tests' double
+        yield Label("backend", classes="control-label")
+        yield Select([(b, b) for b in backends], value=s.backend, allow_blank=False, id="backend", compact=True)
+        yield Label("model", classes="control-label")
+        yield Input(s.model, placeholder="backend default", id="model", compact=True)
+
+    def set_busy(self, run_busy: bool, cycle_blocked: bool) -> None:
+        for bid in ("#day-run", "#eval-run"):
+            self.query_one(bid, Button).disabled = run_busy
+        self.query_one("#cycle-run", Button).disabled = run_busy or cycle_blocked
+        self.query_one("#stop-run", Button).disabled = not run_busy
+        self.query_one("#backend", Select).disabled = run_busy
+        self.query_one("#model", Input).disabled = run_busy

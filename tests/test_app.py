@@ -1,0 +1,469 @@
+"""Pilot tests of the app: a scripted backend, a fake trainer, a tmp koan corpus and a tmp state folder.
+
+They press keys, wait for workers (never sleep) and assert on widgets and on the store.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+from pathlib import Path
+
+
+from sleepy_tui import events as ev
+from sleepy_tui.backends.fake import ScriptedBackend
+from sleepy_tui.config import Settings
+from sleepy_tui.app.main import build_app
+from sleepy_tui.training.base import TrainConfig, TrainResult
+
+FIX = '''```rust
+pub fn total(v: &[i32]) -> i32 {{
+    v.iter().sum()
+}}
+
+pub fn report() -> (i32, usize) {{
+    let readings = vec![1, 2, {n}];
+    let t = total(&readings);
+    (t, readings.len())
+}}
+```'''
+STILL_BROKEN = '''Here is my fix:
+```rust
+pub fn total(v: Vec<i32>) -> i32 {{
+    v.iter().sum()
+}}
+
+pub fn report() -> (i32, usize) {{
+    let readings = vec![1, 2, {n}];
+    let t = total(readings);
+    (t, readings.len())
+}}
+```'''
+
+
+def n_of(kid: str) -> int:
+    """The number conftest.mini_koan puts into koan `kid`."""
+    return 3 + sum(map(ord, kid)) % 997
+
+
+def fix(kid: str) -> str:
+    return FIX.format(n=n_of(kid))
+
+
+def broken(kid: str) -> str:
+    return STILL_BROKEN.format(n=n_of(kid))
+
+
+class FakeTrainer:
+    """Emits TrainStarted / TrainStep... / TrainDone, honours `stop`, writes an adapter folder.
+
+    With `pause_at`, it stops reporting after that step and waits for `stop` (so a test can stop it mid-run
+    without timing); `reached` is set when it gets there.
+    """
+    name = "fake"
+
+    def __init__(self, pause_at: int | None = None):
+        self.pause_at = pause_at
+        self.reached = threading.Event()
+        self.calls: list[dict] = []
+
+    def train(self, dataset: Path, config: TrainConfig, out_dir: Path, *, on_event, stop=None, resume=True):
+        stop = stop or threading.Event()
+        ckpt = out_dir / "checkpoint.json"
+        start = json.loads(ckpt.read_text())["step"] if resume and ckpt.exists() else 0
+        self.calls.append({"resume": resume, "start": start, "steps": config.steps})
+        examples = sum(1 for line in open(dataset) if line.strip())
+        on_event(ev.TrainStarted(str(out_dir), config.steps, examples, resumed_from=start))
+        losses = []
+        step = start
+        for step in range(start + 1, config.steps + 1):
+            loss = round(2.0 / step, 4)
+            losses.append(loss)
+            on_event(ev.TrainStep(step, config.steps, loss, config.learning_rate, 100.0, float(config.steps - step)))
+            if self.pause_at is not None and step == self.pause_at and start < self.pause_at:
+                self.reached.set()
+                stop.wait(10)
+            if stop.is_set():
+                break
+        stopped = stop.is_set() and step < config.steps
+        out_dir.mkdir(parents=True, exist_ok=True)
+        ckpt.write_text(json.dumps({"step": step}))
+        adapter = out_dir / "adapter"
+        adapter.mkdir(exist_ok=True)
+        (adapter / "adapter_config.json").write_text("{}")
+        if stopped:
+            on_event(ev.CheckpointSaved(step, str(ckpt)))
+        on_event(ev.TrainDone(str(adapter), step, losses[0] if losses else None, losses[-1] if losses else None,
+                              stopped=stopped))
+        return TrainResult(adapter, step, losses, stopped=stopped)
+
+
+def make_app(koan_dir: Path, state: Path, replies: list, trainer: FakeTrainer | None = None, **settings):
+    backend = ScriptedBackend(replies)
+    s = Settings(backend="fake", koans_dir=str(koan_dir), state_dir=str(state), max_attempts=2, steps=6,
+                 **settings)
+    app = build_app(s, backend_factory=lambda _s, _notice=None: backend,
+                    trainer_factory=lambda _s: trainer or FakeTrainer())
+    app.animation_level = "none"  # nothing to wait for between key presses
+    return app, backend
+
+
+def add_correction(app, koan_id: str) -> None:
+    """A verified fix in the store, so that a dataset can be built without a day run."""
+    solution = app.engine.corpus().koans[koan_id].solution
+    app.engine.store.add_correction({"correction_id": f"{koan_id}-fix", "koan_id": koan_id, "code": solution,
+                                     "passed": True, "prompt": None, "time": 0})
+
+
+async def settle(pilot) -> None:
+    """Wait until every worker is done and the messages they posted are handled."""
+    for _ in range(20):
+        await pilot.app.workers.wait_for_complete()
+        await pilot.pause()
+        if all(w.is_finished for w in pilot.app.workers):
+            return
+
+
+def queue_status(app) -> dict[str, tuple[str, int]]:
+    from sleepy_tui.app.widgets.koan_queue import KoanQueue
+    q = app.main_screen.query_one(KoanQueue)
+    return {k: (r.status, r.attempts) for k, r in q.rows.items()}
+
+
+async def test_day_run_streams_tokens_diagnostics_and_statuses(koan_dir, _isolated_state):
+    from sleepy_tui.app.widgets.transcript import Transcript
+    # bc_901 passes at once; bc_902 fails twice (max_attempts=2)
+    app, backend = make_app(koan_dir, _isolated_state, [fix("bc_901"), broken("bc_902"), broken("bc_902")])
+    seen: list[str] = []
+
+    async with app.run_test(size=(100, 32), message_hook=lambda m: seen.append(type(m).__name__)) as pilot:
+        await settle(pilot)
+        assert set(queue_status(app)) == {"bc_900", "bc_901", "bc_902"}  # the corpus before any run
+        await pilot.press("d")
+        await settle(pilot)
+        text = app.main_screen.query_one(Transcript).plain_text()
+        assert "Here is my fix:" in text                       # the streamed reply
+        assert "error[E0382]" in text and "main.rs" in text     # diagnostics, sandbox path cleaned
+        assert "/tmp/" not in text
+        assert "PASS" in text and "FAIL" in text
+        assert "diff from attempt 1" in text
+        assert queue_status(app) == {"bc_901": ("passed", 1), "bc_902": ("failed", 2)}
+        assert seen.count("TokenStreamed") > 3
+        for name in ("RunStarted", "KoanStarted", "AttemptChecked", "KoanFinished", "RunFinished"):
+            assert name in seen
+        assert backend.remaining == 0
+    eps = app.engine.store.episodes()
+    assert len(eps) == 3
+
+
+class Recorder:
+    """Collects the app's notifications (message, severity) next to showing them."""
+
+    def __init__(self, app):
+        self.notes: list[tuple[str, str]] = []
+        original = app.notify
+
+        def notify(message, *args, **kwargs):
+            self.notes.append((str(message), kwargs.get("severity", "information")))
+            return original(message, *args, **kwargs)
+
+        app.notify = notify
+
+    def errors(self) -> list[str]:
+        return [m for m, sev in self.notes if sev == "error"]
+
+
+def hook_on(name: str, koan_id: str | None = None):
+    """A message hook and an asyncio.Event set when a message of type `name` (for `koan_id`) arrives."""
+    seen = asyncio.Event()
+
+    def hook(message):
+        if type(message).__name__ == name and (koan_id is None or message.event.koan_id == koan_id):
+            seen.set()
+    return hook, seen
+
+
+async def test_stop_run_keeps_finished_koans(koan_dir, _isolated_state):
+    app, backend = make_app(koan_dir, _isolated_state, [fix("bc_901"), broken("bc_902"), broken("bc_902")])
+    backend.delay_s = 0.05  # slow enough that the stop lands inside the second koan
+    hook, first_done = hook_on("KoanFinished", "bc_901")
+    async with app.run_test(size=(100, 32), message_hook=hook) as pilot:
+        await settle(pilot)
+        await pilot.press("d")
+        await asyncio.wait_for(first_done.wait(), 10)
+        assert app.run_busy
+        await pilot.press("s")
+        await settle(pilot)
+        assert not app.run_busy
+        status = queue_status(app)
+        assert status["bc_901"] == ("passed", 1)
+        assert status["bc_902"][0] in ("stopped", "failed")
+        from sleepy_tui.app.widgets.transcript import Transcript
+        assert "stopped" in app.main_screen.query_one(Transcript).plain_text()
+        assert not app.main_screen.query_one("#day-run").disabled  # controls come back
+    runs = app.engine.store.runs()
+    assert runs[-1]["status"] == "cancelled"
+    assert any(e["koan_id"] == "bc_901" for e in app.engine.store.episodes())
+
+
+async def test_backend_unavailable_is_a_notification_with_the_fix(koan_dir, _isolated_state):
+    from sleepy_tui.backends.base import BackendUnavailable
+    app, _ = make_app(koan_dir, _isolated_state, [])
+
+    def unavailable(_s, _notice=None):
+        raise BackendUnavailable("Ollama is not running: start it with `ollama serve`")
+    app.engine.backend_factory = unavailable
+    rec = Recorder(app)
+    async with app.run_test(size=(100, 32)) as pilot:
+        await settle(pilot)
+        await pilot.press("d")
+        await settle(pilot)
+        assert any("ollama serve" in m for m in rec.errors())
+        assert not app.run_busy and not app.main_screen.query_one("#day-run").disabled
+        await pilot.press("2")  # still responsive
+        assert app.main_screen.query_one("TabbedContent").active == "train"
+
+
+async def test_training_start_stop_resume_moves_progress_and_loss_plot(koan_dir, _isolated_state):
+    from textual.widgets import ProgressBar
+
+    from sleepy_tui.app.widgets.metric_plot import MetricPlot
+    trainer = FakeTrainer(pause_at=3)
+    app, _ = make_app(koan_dir, _isolated_state, [], trainer=trainer)
+    add_correction(app, "bc_901")
+    async with app.run_test(size=(100, 32)) as pilot:
+        await settle(pilot)
+        screen = app.main_screen
+        await pilot.press("t")
+        assert await asyncio.to_thread(trainer.reached.wait, 10)
+        await pilot.pause()
+        await pilot.pause()
+        bar = screen.query_one("#train-progress", ProgressBar)
+        assert (bar.progress, bar.total) == (3, 6)
+        assert screen.query_one("#train-loss", MetricPlot).y == [2.0, 1.0, 0.6667]
+        assert screen.query_one("#plot-loss", MetricPlot).x == [1, 2, 3]
+        assert "step 3/6" in str(screen.query_one("#train-stats").render())
+        assert screen.query_one("#train-start").disabled and not screen.query_one("#train-stop").disabled
+        await pilot.click("#train-stop")  # the mouse works too
+        await settle(pilot)
+        assert "stopped at step 3" in str(screen.query_one("#train-stats").render())
+        assert not screen.query_one("#train-start").disabled
+        stopped = app.engine.store.adapters()[-1]
+        assert stopped["stopped"] is True
+        await pilot.press("u")
+        await settle(pilot)
+        assert trainer.calls[-1] == {"resume": True, "start": 3, "steps": 6}
+        assert bar.progress == 6
+        assert screen.query_one("#train-loss", MetricPlot).x == [1, 2, 3, 4, 5, 6]
+        done = app.engine.store.adapters()[-1]
+        assert done["adapter_id"] == stopped["adapter_id"] and done["stopped"] is False
+
+
+async def test_training_settings_are_validated(koan_dir, _isolated_state):
+    from textual.widgets import Input
+    trainer = FakeTrainer()
+    app, _ = make_app(koan_dir, _isolated_state, [], trainer=trainer)
+    rec = Recorder(app)
+    async with app.run_test(size=(100, 32)) as pilot:
+        await settle(pilot)
+        await pilot.press("2")
+        screen = app.main_screen
+        screen.query_one("#train-steps", Input).value = "0"
+        screen.query_one("#train-replay_share", Input).value = "1.5"
+        await pilot.pause()
+        problems = str(screen.query_one("#train-problems").render())
+        assert "steps: must be > 0" in problems and "replay_share" in problems  # shown while typing
+        await pilot.click("#train-start")
+        await settle(pilot)
+        assert any("steps: must be > 0" in m for m in rec.errors())
+        assert trainer.calls == []
+        assert app.engine.settings.steps == 6  # unchanged
+        screen.query_one("#train-steps", Input).value = "4"
+        screen.query_one("#train-replay_share", Input).value = "0.2"
+        await pilot.pause()
+        assert str(screen.query_one("#train-problems").render()).strip() == ""
+
+
+async def test_failure_review_steps_corrects_flags_and_reruns(koan_dir, _isolated_state):
+    from textual.widgets import TextArea
+
+    from sleepy_tui.app.screens.correction_screen import CorrectionScreen
+    from sleepy_tui.app.screens.review_screen import ReviewScreen
+    replies = [broken("bc_901"), broken("bc_901"), broken("bc_902"), broken("bc_902")]
+    app, backend = make_app(koan_dir, _isolated_state, replies)
+    rec = Recorder(app)
+    async with app.run_test(size=(100, 32)) as pilot:
+        await settle(pilot)
+        await pilot.press("d")
+        await settle(pilot)
+        await pilot.press("r")
+        await settle(pilot)
+        review = app.screen
+        assert isinstance(review, ReviewScreen)
+        assert "Failure 1 of 2" in str(review.query_one("#review-title").render())
+        assert "bc_901" in str(review.query_one("#review-title").render())
+        assert "E0382:borrow_of_moved_value" in str(review.query_one("#review-signature").render())
+        await pilot.press("n")
+        assert "Failure 2 of 2" in str(review.query_one("#review-title").render())
+        await pilot.press("p")
+        assert review.item.koan_id == "bc_901"
+
+        # a failing correction is refused, and nothing is stored
+        await pilot.press("e")
+        assert isinstance(app.screen, CorrectionScreen)
+        editor = app.screen.query_one(TextArea)
+        editor.text = app.engine.corpus().koans["bc_901"].buggy
+        await pilot.press("ctrl+s")
+        await settle(pilot)
+        assert isinstance(app.screen, CorrectionScreen)
+        assert any("refused" in m for m in rec.errors())
+        assert app.engine.store.corrections() == []
+        # a passing one is stored with the prompt the model saw first
+        editor.text = app.engine.corpus().koans["bc_901"].solution
+        await pilot.press("ctrl+s")
+        await settle(pilot)
+        assert app.screen is review
+        (c,) = app.engine.store.corrections()
+        first = next(e for e in app.engine.store.episodes() if e["koan_id"] == "bc_901" and e["attempt"] == 1)
+        assert c["koan_id"] == "bc_901" and c["passed"] is True and c["prompt"] == first["prompt"]
+
+        await pilot.press("f")
+        await settle(pilot)
+        assert [f["koan_id"] for f in app.engine.store.flags()] == ["bc_901"]
+        assert "flagged" in str(review.query_one("#review-title").render())
+
+        # re-run this koan now: back on the main screen, watching it
+        backend.replies.append(fix("bc_901"))
+        await pilot.press("r")
+        await settle(pilot)
+        assert app.screen is app.main_screen
+        assert queue_status(app) == {"bc_901": ("passed", 1)}
+        assert app.engine.store.runs()[-1]["kind"] == "rerun"
+
+
+async def test_queue_filters_and_koan_history(koan_dir, _isolated_state):
+    from textual.widgets import DataTable, Select
+
+    from sleepy_tui.app.screens.koan_history_screen import KoanHistoryScreen
+    app, _ = make_app(koan_dir, _isolated_state, [fix("bc_901"), fix("bc_902")])
+    async with app.run_test(size=(100, 32)) as pilot:
+        await settle(pilot)
+        screen = app.main_screen
+        table = screen.query_one("#queue-table", DataTable)
+        assert table.row_count == 3
+        screen.query_one("#split-filter", Select).value = "eval"
+        await pilot.pause()
+        assert [r.value for r in table.rows] == ["bc_900"]
+        screen.query_one("#split-filter", Select).value = Select.NULL
+        await pilot.pause()
+        await pilot.press("d")
+        await settle(pilot)
+        table.focus()
+        table.move_cursor(row=1)
+        await pilot.press("enter")
+        await settle(pilot)
+        assert isinstance(app.screen, KoanHistoryScreen) and app.screen.koan_id == "bc_902"
+        assert app.screen.query_one("#history-table", DataTable).row_count == 1
+        await pilot.press("escape")
+        assert app.screen is screen
+
+
+async def test_help_palette_and_small_terminal(koan_dir, _isolated_state):
+    from sleepy_tui.app.screens.help_screen import HelpScreen
+    app, _ = make_app(koan_dir, _isolated_state, [fix("bc_901"), fix("bc_902")])
+    async with app.run_test(size=(80, 24)) as pilot:
+        await settle(pilot)
+        await pilot.press("question_mark")
+        assert isinstance(app.screen, HelpScreen)
+        await pilot.press("escape")
+        titles = [c.title for c in app.get_system_commands(app.screen)]
+        assert {"Start a day run", "Start training", "Review failures", "Help"} <= set(titles)
+        await pilot.press("d")
+        await settle(pilot)
+        await pilot.resize_terminal(60, 18)
+        for tab in "231":
+            await pilot.press(tab)
+        await pilot.resize_terminal(120, 40)
+        await pilot.resize_terminal(80, 24)
+        await pilot.pause()
+        assert queue_status(app) == {"bc_901": ("passed", 1), "bc_902": ("passed", 1)}
+
+
+async def test_quit_while_running_stops_and_keeps_finished_episodes(koan_dir, _isolated_state):
+    from sleepy_tui.store import Store
+    app, backend = make_app(koan_dir, _isolated_state, [fix("bc_901"), broken("bc_902"), broken("bc_902")])
+    backend.delay_s = 0.05
+    hook, first_done = hook_on("KoanFinished", "bc_901")
+    async with app.run_test(size=(100, 32), message_hook=hook) as pilot:
+        await settle(pilot)
+        await pilot.press("d")
+        await asyncio.wait_for(first_done.wait(), 10)
+        await pilot.press("q")
+        await pilot.pause()
+    assert app.return_code == 0
+    assert app.cancel_run.is_set()
+    fresh = Store(_isolated_state)
+    assert [e["koan_id"] for e in fresh.episodes()][:1] == ["bc_901"]
+    assert fresh.runs()[-1]["status"] == "cancelled"
+
+
+async def test_transcript_follows_until_the_user_scrolls_up(koan_dir, _isolated_state):
+    from rich.text import Text
+
+    from sleepy_tui.app.widgets.transcript import Transcript
+    app, _ = make_app(koan_dir, _isolated_state, [fix("bc_901"), broken("bc_902"), broken("bc_902")])
+    async with app.run_test(size=(100, 32)) as pilot:
+        await settle(pilot)
+        await pilot.press("d")
+        await settle(pilot)
+        transcript = app.main_screen.query_one(Transcript)
+        assert transcript.max_scroll_y > 0 and transcript.scroll_y == transcript.max_scroll_y  # followed
+        transcript.focus()
+        await pilot.press("pageup")
+        await pilot.pause()
+        held = transcript.scroll_y
+        assert not transcript.following and held < transcript.max_scroll_y
+        for i in range(20):
+            transcript.write(Text(f"more {i}"))
+        await pilot.pause()
+        assert transcript.scroll_y == held  # reading stays put while the run goes on
+        await pilot.press("end")
+        await pilot.pause()
+        assert transcript.following
+        transcript.write(Text("latest"))
+        await pilot.pause()
+        assert transcript.scroll_y == transcript.max_scroll_y
+
+
+async def test_full_cycle_updates_header_plots_and_trainer(koan_dir, _isolated_state, monkeypatch):
+    from sleepy_tui.app.widgets.metric_plot import MetricPlot
+    from sleepy_tui.training import adapters
+    # the fake backend has no adapter format of its own: let it "load" the fake trainer's folder
+    replies = [fix("bc_900"), fix("bc_901"), fix("bc_902"), fix("bc_900")]  # baseline eval, day, eval
+    app, backend = make_app(koan_dir, _isolated_state, replies)
+    rec = Recorder(app)
+    async with app.run_test(size=(100, 32)) as pilot:
+        await settle(pilot)
+        await pilot.press("c")
+        await settle(pilot)
+        assert backend.remaining == 0
+        (c0, c1) = app.engine.store.cycles()
+        assert c1["cycle"] == 1 and c1["promoted"] is True
+        screen = app.main_screen
+        assert screen.query_one("#plot-pass-rate", MetricPlot).x == [0, 1]
+        assert screen.query_one("#plot-pass-rate", MetricPlot).y == [100.0, 100.0]
+        assert screen.query_one("#plot-loss", MetricPlot).x == list(range(1, 7))
+        assert f"adapter {c1['adapter_id']}" in app.sub_title and "cycle 1" in app.sub_title
+        assert any("Cycle 1: adapter promoted" in m for m, _ in rec.notes)
+        assert not app.run_busy and not screen.query_one("#train-start").disabled
+
+
+async def test_bad_koan_file_is_reported_and_the_rest_load(koan_dir, _isolated_state):
+    (koan_dir / "borrow_checker" / "bc_bad.toml").write_text('id = "bc_bad"\nfamily = ')
+    app, _ = make_app(koan_dir, _isolated_state, [])
+    rec = Recorder(app)
+    async with app.run_test(size=(100, 32)) as pilot:
+        await settle(pilot)
+        assert any("bc_bad.toml" in m and "invalid TOML" in m for m, _ in rec.notes)
+        assert set(queue_status(app)) == {"bc_900", "bc_901", "bc_902"}
