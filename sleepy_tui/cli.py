@@ -270,17 +270,6 @@ def cmd_export(args) -> int:
 
 # ---- the agent -------------------------------------------------------------------------------------------------
 
-def _open(settings: Settings):
-    from .backends.select import make_backend
-    from .sandbox import Limits, Sandbox
-    from .store import Store
-    store = Store(settings.state_path, on_warning=lambda m: print(f"warning: {m}", file=sys.stderr))
-    backend = make_backend(settings, on_notice=lambda m: print(m, file=sys.stderr))
-    sandbox = Sandbox(Limits(compile_timeout_s=settings.compile_timeout_s, run_timeout_s=settings.run_timeout_s,
-                             memory_mb=settings.memory_mb))
-    return store, backend, sandbox
-
-
 class _Printer:
     """Prints agent events as the run goes: one line per koan, tokens with --stream."""
 
@@ -301,6 +290,8 @@ class _Printer:
                 print(f"[{e.index}/{e.total}] {e.koan_id} ... {verdict} ({why})", flush=True)
             elif isinstance(e, ev.Notice):
                 print(f"{e.level}: {e.message}", file=sys.stderr)
+            elif isinstance(e, ev.RunStarted):
+                print(f"{e.run_kind}: {len(e.koan_ids)} koans with {e.backend}", file=sys.stderr)
 
 
 def _print_summary(store, run_id: str) -> None:
@@ -316,22 +307,18 @@ def _print_summary(store, run_id: str) -> None:
         print("  failures: " + ", ".join(f"{s} x{n}" for s, n in list(m.final_signature_counts.items())[:6]))
 
 
-def _agent_run(args, koans, *, kind: str, cycle: int) -> int:
-    from .agent import Agent
-    s = _settings(args)
-    store, backend, sandbox = _open(s)
-    print(f"{kind}: {len(koans)} koans with {backend.describe()}", file=sys.stderr)
+def _agent_run(args, koans, *, kind: str, cycle: int | None) -> int:
+    engine = _engine(args)
     cancel = threading.Event()
-    agent = Agent(backend, sandbox, store, s, on_event=_Printer(getattr(args, "stream", False)), cancel=cancel)
     try:
-        result = agent.run(koans, kind=kind, cycle=cycle)
+        result = engine.run_agent(koans, kind=kind, cycle=cycle, on_event=_Printer(getattr(args, "stream", False)),
+                                  cancel=cancel)
     except KeyboardInterrupt:
         cancel.set()
         raise
     finally:
-        store.flush()
-        sandbox.close()
-    _print_summary(store, result.run_id)
+        engine.close()
+    _print_summary(engine.store, result.run_id)
     if result.error:
         raise CliError(result.error)
     return 0
@@ -351,14 +338,7 @@ def cmd_run(args) -> int:
         koans = koans[: args.count]
     if not koans:
         raise CliError("no koans match")
-    from .store import Store
-    cycle = args.cycle if args.cycle is not None else _current_cycle(Store(s.state_path))
-    return _agent_run(args, koans, kind="day", cycle=cycle)
-
-
-def _current_cycle(store) -> int:
-    cycles = store.cycles()
-    return cycles[-1]["cycle"] if cycles else 0
+    return _agent_run(args, koans, kind="day", cycle=args.cycle)
 
 
 def cmd_eval(args) -> int:

@@ -172,16 +172,27 @@ class Engine:
         run_id = self.store.get_value("current_eval_run")
         if run_id and self.store.run(run_id) and self.store.run(run_id).get("status") == "done":
             return run_id
+        cur = self.current_adapter()
+        want = cur["adapter_id"] if cur else ""
+        done = [r for r in self.store.runs() if r.get("kind") == "eval" and r.get("status") == "done"
+                and (r.get("adapter_id") or "") == want and (want or not r.get("adapter"))]
+        if done:  # an eval of the current model already exists (e.g. `sleepy eval --cycle 0`)
+            run_id = done[-1]["run_id"]
+            self._record_baseline(run_id)
+            return run_id
         corpus = self.corpus()
         res = self.run_agent(corpus.eval_set, kind="eval", cycle=self.current_cycle(), on_event=on_event,
                              cancel=cancel)
         if res.cancelled or res.error:
             raise EngineError(res.error or "baseline eval cancelled")
-        self.store.set_value("current_eval_run", res.run_id)
-        if not self.store.cycles():
-            self.store.save_cycle({"cycle": 0, "eval_run_id": res.run_id, "adapter_id": None, "promoted": True,
-                                   "reason": "baseline", "time": time.time()})
+        self._record_baseline(res.run_id)
         return res.run_id
+
+    def _record_baseline(self, run_id: str) -> None:
+        self.store.set_value("current_eval_run", run_id)
+        if not self.store.cycles():
+            self.store.save_cycle({"cycle": 0, "eval_run_id": run_id, "adapter_id": None, "promoted": True,
+                                   "reason": "baseline", "time": time.time()})
 
     def cycle(self, *, day_count: int | None = None, on_event: ev.EventSink = ev.ignore,
               cancel: threading.Event | None = None, train_overrides: dict | None = None) -> dict:
