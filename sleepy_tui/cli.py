@@ -125,16 +125,19 @@ def cmd_verify(args) -> int:
 
 
 def cmd_koans_generate(args) -> int:
-    from .mutations import generate
+    from collections import Counter
+    from .mutations import generate, is_source
     from .sandbox import Sandbox
     s = _settings(args)
     corpus = _corpus(args, s)
-    sources = [k for k in corpus.train_set if not k.id.startswith("gen_")]
-    if args.family:
-        sources = [k for k in sources if k.family == args.family]
+    sources = [k for k in corpus.train_set if is_source(k) and (not args.family or k.family == args.family)]
+    if not sources:
+        raise CliError("no training koans to derive from" + (f" in family {args.family}" if args.family else ""))
     out = s.koans_path / "generated"
     written = generate(sources, Sandbox(), out, limit=args.count, on_line=print)
-    print(f"wrote {len(written)} generated training koan(s) to {out}")
+    by_kind = Counter(g.mutation for g in written).most_common()
+    detail = f" ({', '.join(f'{n} {c}' for n, c in by_kind)})" if written else ""
+    print(f"wrote {len(written)} generated training koan(s) from {len(sources)} source(s) to {out}{detail}")
     return 0
 
 
