@@ -1,0 +1,692 @@
+"""Sleep with torch: a peft LoRA on the base model, trained in a plain loop that reports every step.
+
+Not transformers' Trainer: the loop is short, and owning it lets a step be reported as it ends, a stop request
+be honoured between micro-batches, and a checkpoint hold everything the next step depends on, so that a stopped
+or crashed run resumes to the same weights as an unbroken one.
+
+    checkpoints/step-000020/   adapter_config.json + adapter_model.safetensors (peft, loadable as is) and
+                               trainer_state.pt, one dict: step, optimizer, scheduler, RNG states (torch, cuda,
+                               python, numpy), data order, config, dataset hash, the loss log so far.
+                               Written to a temporary folder, then renamed; the last two are kept.
+    adapter/                   the final adapter: PeftModel.from_pretrained(base, out_dir / "adapter")
+    loss.jsonl, train_config.json, train_stats.json (tokens, padding share, seconds, peak RSS of this call)
+
+The loss is the mean cross-entropy over the assistant reply tokens of a step (prompt and padding labels are
+-100), and the output layer runs on those positions only. One step is one optimizer update over `grad_accum`
+micro-batches of `batch_size` examples. Batches are grouped by length (see `BatchPlan`), so little of the
+compute goes to padding; which examples a micro-batch takes is a function of (seed, step) alone.
+
+Data parallel: under `accelerate launch` (or torchrun), i.e. WORLD_SIZE > 1, each process takes every
+WORLD_SIZE-th micro-batch, the module is wrapped for DDP by accelerate, and rank 0 writes the run folder:
+    accelerate launch -m sleepy_tui.training.torch_trainer DATASET OUT_DIR [--steps N ...]
+A global batch is then batch_size * grad_accum * WORLD_SIZE examples.
+
+torch, transformers and peft are imported inside the functions: importing this module stays cheap.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import math
+import os
+import random
+import re
+import shutil
+import sys
+import threading
+import time
+from pathlib import Path
+
+from .. import events as ev
+from .base import TrainConfig, TrainingUnavailable, TrainResult, read_dataset
+from .base_model import load_base, pick_device, resolve_base, source_gguf
+
+ADAPTER_CONFIG = "adapter_config.json"
+ADAPTER_WEIGHTS = "adapter_model.safetensors"
+STATE_FILE = "trainer_state.pt"          # written last: a checkpoint folder without it is incomplete
+STATS_FILE = "train_stats.json"
+IGNORE = -100                            # the label of a token the loss skips
+MAX_GRAD_NORM = 1.0                      # transformers' Trainer default
+KEEP_CHECKPOINTS = 2
+MEGABATCH = 16                           # batches per length-sorted group (see BatchPlan)
+_CKPT = re.compile(r"^step-(\d{6})$")
+# Config fields a resumed run may change without changing what it computes.
+_RESUME_FREE = ("checkpoint_every", "device")
+# Architectures whose causal LM is exactly `lm_head(self.model(...))`: the head then runs on reply positions only.
+_PLAIN_HEAD = ("llama", "mistral", "qwen2", "qwen3")
+
+
+def torch_problem() -> str | None:
+    """Why the torch trainer can't run here (None: it can)."""
+    missing = []
+    for pkg in ("torch", "transformers", "peft"):
+        try:
+            __import__(pkg)
+        except Exception:  # noqa: BLE001 - ImportError, or a broken native library
+            missing.append(pkg)
+    return f"the torch trainer needs {', '.join(missing)}: pip install {' '.join(missing)}" if missing else None
+
+
+# ---- data ----------------------------------------------------------------------------------------------------------
+
+def _token_ids(encoded) -> list[int]:
+    """apply_chat_template's tokens, whether it returned a list or a BatchEncoding (transformers >= 5)."""
+    if hasattr(encoded, "keys"):
+        encoded = encoded["input_ids"]
+    if hasattr(encoded, "tolist"):
+        encoded = encoded.tolist()
+    if encoded and isinstance(encoded[0], list):
+        encoded = encoded[0]
+    return [int(t) for t in encoded]
+
+
+def encode_example(tokenizer, messages: list[dict]) -> tuple[list[int], int]:
+    """(tokens of the whole chat, offset of the assistant reply): the loss covers tokens[offset:]."""
+    tokens = _token_ids(tokenizer.apply_chat_template(messages, tokenize=True))
+    prompt = _token_ids(tokenizer.apply_chat_template(messages[:-1], tokenize=True, add_generation_prompt=True))
+    offset = 0
+    for a, b in zip(tokens, prompt):   # the prompt should be a prefix; if a template breaks that, mask the shared part
+        if a != b:
+            break
+        offset += 1
+    return tokens, offset
+
+
+def reply_labels(tokens: list[int], offset: int) -> list[int]:
+    """Labels for `tokens`: IGNORE on the prompt, the token itself on the reply."""
+    return [IGNORE] * offset + tokens[offset:]
+
+
+class BatchPlan:
+    """Which examples each micro-batch takes, a pure function of (seed, micro-batch index).
+
+    Epoch e: a permutation from (seed, e); cut into groups of MEGABATCH batches; each group sorted by length
+    (longest first) and cut into batches, so a batch holds examples of similar length; then the batches of the
+    epoch are shuffled. Every example is seen once an epoch; a group's last batch may be short."""
+
+    def __init__(self, lengths: list[int], batch_size: int, seed: int, megabatch: int = MEGABATCH):
+        if not lengths:
+            raise ValueError("no examples")
+        self.lengths, self.seed, self.megabatch = list(lengths), seed, megabatch
+        self.n = len(self.lengths)
+        self.batch_size = max(1, min(batch_size, self.n))
+        self._cached: tuple[int, list[list[int]]] | None = None
+        self.per_epoch = len(self.epoch(0))
+
+    def epoch(self, e: int) -> list[list[int]]:
+        if self._cached is not None and self._cached[0] == e:
+            return self._cached[1]
+        import numpy as np
+        rng = np.random.default_rng([self.seed, e])
+        perm = [int(i) for i in rng.permutation(self.n)]
+        group = self.batch_size * self.megabatch
+        batches: list[list[int]] = []
+        for start in range(0, self.n, group):
+            chunk = sorted(perm[start:start + group], key=lambda i: -self.lengths[i])   # stable: ties stay random
+            batches += [chunk[j:j + self.batch_size] for j in range(0, len(chunk), self.batch_size)]
+        batches = [batches[int(k)] for k in rng.permutation(len(batches))]
+        self._cached = (e, batches)
+        return batches
+
+    def batch(self, index: int) -> list[int]:
+        e, pos = divmod(index, self.per_epoch)
+        return self.epoch(e)[pos]
+
+    def position(self, index: int) -> dict:
+        e, pos = divmod(index, self.per_epoch)
+        return {"epoch": e, "batch": pos, "microbatch": index, "seed": self.seed, "batch_size": self.batch_size,
+                "megabatch": self.megabatch, "batches_per_epoch": self.per_epoch}
+
+    def padding_share(self, epoch: int = 0) -> float:
+        """The share of the processed tokens that is padding over one epoch."""
+        useful = processed = 0
+        for b in self.epoch(epoch):
+            widths = [self.lengths[i] for i in b]
+            useful += sum(widths)
+            processed += max(widths) * len(b)
+        return 1 - useful / processed if processed else 0.0
+
+
+def collate(examples: list[tuple[list[int], int]], idx: list[int], pad_id: int) -> dict:
+    """Right-padded input_ids / attention_mask / labels (IGNORE on prompt and padding) as tensors."""
+    import torch
+    rows = [examples[i] for i in idx]
+    width = max(len(t) for t, _ in rows)
+    input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    attention_mask = torch.zeros((len(rows), width), dtype=torch.long)
+    labels = torch.full((len(rows), width), IGNORE, dtype=torch.long)
+    for r, (toks, offset) in enumerate(rows):
+        input_ids[r, :len(toks)] = torch.tensor(toks, dtype=torch.long)
+        attention_mask[r, :len(toks)] = 1
+        labels[r, offset:len(toks)] = torch.tensor(toks[offset:], dtype=torch.long)
+    return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
+
+
+# ---- learning rate ---------------------------------------------------------------------------------------------------
+
+def lr_factor(config: TrainConfig):
+    """f(s) with lr = learning_rate * f(s) for update s = 0, 1, ...: linear warmup (never 0), then cosine /
+    linear decay to 0 at `steps`, or constant. The same curve as the mlx trainer's."""
+    warm, total, kind = max(0, config.warmup_steps), config.steps, config.lr_schedule
+    if kind not in ("cosine", "linear", "constant"):
+        raise ValueError(f"lr_schedule: unknown {kind!r} (cosine | linear | constant)")
+
+    def f(s: int) -> float:
+        if s < warm:
+            return (s + 1) / (warm + 1)
+        p = min(1.0, max(0.0, (s - warm) / max(1, total - warm)))
+        if kind == "cosine":
+            return 0.5 * (1 + math.cos(math.pi * p))
+        return 1 - p if kind == "linear" else 1.0
+
+    return f
+
+
+# ---- the model -----------------------------------------------------------------------------------------------------
+
+def _reply_loss_module(peft_model):
+    """A module whose forward gives the summed cross-entropy over reply tokens (what DDP wraps)."""
+    import torch
+    import torch.nn.functional as F
+
+    class ReplyLoss(torch.nn.Module):
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, input_ids, attention_mask, labels):
+            base = self.inner.get_base_model()
+            targets = labels[:, 1:]
+            keep = targets != IGNORE
+            decoder, head = getattr(base, "model", None), base.get_output_embeddings()
+            if getattr(base.config, "model_type", None) in _PLAIN_HEAD and decoder is not None and head is not None:
+                hidden = decoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+                logits = head(hidden[:, :-1][keep])
+            else:
+                logits = base(input_ids=input_ids, attention_mask=attention_mask).logits[:, :-1][keep]
+            return F.cross_entropy(logits.float(), targets[keep], reduction="sum")
+
+    return ReplyLoss(peft_model)
+
+
+def _check_targets(model, target_modules: tuple[str, ...]) -> None:
+    import torch
+    linears = {n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
+    missing = [t for t in target_modules if t not in linears]
+    if missing:
+        raise ValueError(f"target_modules {missing} not found in the model; its linear layers: "
+                         f"{', '.join(sorted(linears))}")
+
+
+# ---- one process, or data parallel -----------------------------------------------------------------------------------
+
+class _Parallel:
+    """Single process; or, with WORLD_SIZE > 1 (accelerate launch / torchrun), data parallel through accelerate."""
+
+    def __init__(self, device: str):
+        self.acc = None
+        self.rank, self.world = 0, 1
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            try:
+                from accelerate import Accelerator
+            except ImportError:
+                raise TrainingUnavailable("data-parallel training (WORLD_SIZE > 1) needs accelerate: "
+                                          "pip install accelerate") from None
+            # cpu=True is what makes accelerate set up gloo for processes without a GPU (else it runs them alone)
+            self.acc = Accelerator(cpu=pick_device(device) == "cpu")
+            self.device = str(self.acc.device)
+            self.rank, self.world = self.acc.process_index, self.acc.num_processes
+        else:
+            self.device = pick_device(device)
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    def wrap(self, module):
+        return self.acc.prepare_model(module) if self.acc else module
+
+    def no_sync(self, module, skip: bool):
+        return self.acc.no_sync(module) if (self.acc and skip) else contextlib.nullcontext()
+
+    def sum(self, values: list[float]) -> list[float]:
+        if not self.acc:
+            return values
+        import torch
+        import torch.distributed as dist
+        t = torch.tensor(values, dtype=torch.float64, device=self.device)
+        dist.all_reduce(t)
+        return t.tolist()
+
+    def any(self, flag: bool) -> bool:
+        if not self.acc:
+            return flag
+        import torch
+        import torch.distributed as dist
+        t = torch.tensor([1.0 if flag else 0.0], device=self.device)
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        return bool(t.item())
+
+    def gather(self, obj) -> list:
+        if not self.acc:
+            return [obj]
+        import torch.distributed as dist
+        out = [None] * self.world
+        dist.all_gather_object(out, obj)
+        return out
+
+    def barrier(self) -> None:
+        if self.acc:
+            self.acc.wait_for_everyone()
+
+
+# ---- checkpoints ---------------------------------------------------------------------------------------------------
+
+def checkpoints(out_dir: Path) -> list[tuple[int, Path]]:
+    """Complete checkpoints in out_dir, oldest first."""
+    root = Path(out_dir) / "checkpoints"
+    found = []
+    if root.is_dir():
+        for p in root.iterdir():
+            m = _CKPT.match(p.name)
+            if m and (p / STATE_FILE).is_file() and (p / ADAPTER_WEIGHTS).is_file():
+                found.append((int(m.group(1)), p))
+    return sorted(found)
+
+
+def _write_folder(final: Path, fill) -> None:
+    """Atomically: fill(tmp) writes a fresh temporary folder next to `final`, which then takes its place
+    (an older folder of the same name goes only once the new one is complete)."""
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = final.parent / f".tmp-{final.name}-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        fill(tmp)
+        old = None
+        if final.exists():
+            old = final.parent / f".tmp-old-{final.name}-{os.getpid()}"
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(final, old)
+        os.replace(tmp, final)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _save_adapter(peft_model, folder: Path) -> None:
+    peft_model.save_pretrained(str(folder), safe_serialization=True)
+    (folder / "README.md").unlink(missing_ok=True)      # peft's model card template: noise in every checkpoint
+
+
+def _rng_state(device: str) -> dict:
+    import numpy as np
+    import torch
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    state = {"torch": torch.get_rng_state(), "python": random.getstate(),
+             "numpy": [kind, [int(k) for k in keys], int(pos), int(has_gauss), float(gauss)]}
+    if device.startswith("cuda"):
+        state["cuda"] = torch.cuda.get_rng_state()
+    return state
+
+
+def _set_rng_state(state: dict, device: str) -> None:
+    import numpy as np
+    import torch
+    torch.set_rng_state(state["torch"])
+    random.setstate(_tuples(state["python"]))
+    kind, keys, pos, has_gauss, gauss = state["numpy"]
+    np.random.set_state((kind, np.array(keys, dtype=np.uint32), pos, has_gauss, gauss))
+    if device.startswith("cuda") and state.get("cuda") is not None:
+        torch.cuda.set_rng_state(state["cuda"])
+
+
+def _tuples(x):
+    return tuple(_tuples(v) for v in x) if isinstance(x, (list, tuple)) else x
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _compatible(saved: dict, config: TrainConfig) -> list[str]:
+    now = config.to_dict()
+    return [f"{k}: {saved.get(k)!r} -> {now[k]!r}" for k in now if k not in _RESUME_FREE and saved.get(k) != now[k]]
+
+
+def _write_json(path: Path, obj) -> None:
+    tmp = path.with_name(f".tmp-{path.name}-{os.getpid()}")
+    tmp.write_text(json.dumps(obj, indent=2, default=str))
+    os.replace(tmp, path)
+
+
+def _peak_rss_mib() -> float:
+    import resource
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024
+
+
+# ---- the run -------------------------------------------------------------------------------------------------------
+
+class _StepAborted(Exception):
+    """A stop request arrived between the micro-batches of a step; the step was undone."""
+
+
+class _Run:
+    """One training run in memory: LoRA model, optimizer, scheduler, batch plan, loss log.
+
+    Everything a checkpoint holds is here, so `state` and `restore` are each other's inverse."""
+
+    def __init__(self, config: TrainConfig, model, tokenizer, examples: list, par: _Parallel, data_hash: str):
+        import torch
+        from peft import LoraConfig, get_peft_model
+        self.config, self.examples, self.par, self.data_hash = config, examples, par, data_hash
+        _check_targets(model, config.target_modules)
+        model.config.use_cache = False
+        torch.manual_seed(config.seed)                       # fixes the LoRA initialisation
+        lora = LoraConfig(r=config.lora_rank, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
+                          target_modules=list(config.target_modules), bias="none", task_type="CAUSAL_LM")
+        self.peft_model = get_peft_model(model, lora)
+        torch.manual_seed(config.seed + 7919 * par.rank)     # the dropout stream, one per process
+        self.peft_model.train()
+        self.params = [p for p in self.peft_model.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(self.params, lr=config.learning_rate, weight_decay=0.0)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_factor(config))
+        self.module = par.wrap(_reply_loss_module(self.peft_model))
+        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        self.pad_id = int(pad) if pad is not None else 0
+        self.plan = BatchPlan([len(t) for t, _ in examples], config.batch_size, config.seed)
+        self.log: list[dict] = []
+        self.step = 0
+
+    # -- checkpoints --
+
+    def microbatch_index(self, step: int, micro: int) -> int:
+        return (step * self.config.grad_accum + micro) * self.par.world + self.par.rank
+
+    def state(self) -> dict:
+        """The trainer_state.pt dict (every process must call it: the RNG states are gathered)."""
+        rngs = self.par.gather(_rng_state(self.par.device))
+        return {"format": 1, "step": self.step, "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(), "rng": rngs, "world_size": self.par.world,
+                "data_order": self.plan.position(self.microbatch_index(self.step, 0)),
+                "config": self.config.to_dict(), "dataset_sha256": self.data_hash, "log": self.log}
+
+    def restore(self, folder: Path, state: dict) -> None:
+        import torch
+        from peft import set_peft_model_state_dict
+        from safetensors.torch import load_file
+        weights = load_file(str(folder / ADAPTER_WEIGHTS), device="cpu")
+        result = set_peft_model_state_dict(self.peft_model, weights)
+        missing = [k for k in getattr(result, "missing_keys", []) if "lora_" in k]
+        if getattr(result, "unexpected_keys", None) or missing:
+            raise ValueError(f"{folder}: its adapter does not match this model's LoRA layers")
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        rngs = state["rng"]
+        if len(rngs) == self.par.world:
+            _set_rng_state(rngs[self.par.rank], self.par.device)
+        else:   # a different number of processes: the data order differs anyway
+            torch.manual_seed(self.config.seed + 7919 * self.par.rank + int(state["step"]))
+        self.step = int(state["step"])
+        self.log = [r for r in state["log"] if r["step"] <= self.step]
+
+    # -- training --
+
+    def train_step(self, stop: threading.Event | None) -> dict:
+        """One optimizer update over grad_accum micro-batches; its log record. Raises _StepAborted (with the
+        step undone) when `stop` is set between micro-batches."""
+        import torch
+        par, accum = self.par, self.config.grad_accum
+        t0 = time.perf_counter()
+        batches = [collate(self.examples, self.plan.batch(self.microbatch_index(self.step, m)), self.pad_id)
+                   for m in range(accum)]
+        replies = sum(int((b["labels"][:, 1:] != IGNORE).sum()) for b in batches)
+        useful = sum(int(b["attention_mask"].sum()) for b in batches)
+        processed = sum(b["input_ids"].numel() for b in batches)
+        rng_before = torch.get_rng_state()
+        loss_sum = 0.0
+        for m, batch in enumerate(batches):
+            if m and par.any(stop is not None and stop.is_set()):
+                self.optimizer.zero_grad(set_to_none=True)
+                torch.set_rng_state(rng_before)
+                raise _StepAborted
+            if not (batch["attention_mask"] == 0).any():
+                batch["attention_mask"] = None          # no padding: attention may take its causal fast path
+            batch = {k: (v.to(par.device) if v is not None else None) for k, v in batch.items()}
+            with par.no_sync(self.module, skip=m < accum - 1):
+                loss = self.module(**batch)
+                (loss / max(1, replies)).backward()
+            loss_sum += float(loss.detach())
+        torch.nn.utils.clip_grad_norm_(self.params, MAX_GRAD_NORM)
+        lr = float(self.scheduler.get_last_lr()[0])     # the rate this update uses
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        loss_sum, replies, useful, processed = par.sum([loss_sum, float(replies), float(useful), float(processed)])
+        dt = time.perf_counter() - t0
+        self.step += 1
+        rec = {"step": self.step, "loss": loss_sum / max(1.0, replies), "lr": lr,
+               "tokens_per_s": useful / dt if dt > 0 else 0.0, "seconds": dt,
+               "useful_tokens": int(useful), "processed_tokens": int(processed), "reply_tokens": int(replies)}
+        self.log.append(rec)
+        return rec
+
+
+def _loss_record(rec: dict) -> dict:
+    return {k: rec[k] for k in ("step", "loss", "lr", "tokens_per_s")}
+
+
+# ---- the trainer -----------------------------------------------------------------------------------------------------
+
+class TorchTrainer:
+    """The Trainer protocol with transformers + peft LoRA (see the module docstring for the run folder)."""
+
+    name = "torch"
+
+    def __init__(self, cache_dir: str | os.PathLike | None = None):
+        self.cache_dir = Path(cache_dir) if cache_dir else None   # where a GGUF base's float32 copy goes
+
+    def train(self, dataset: Path, config: TrainConfig, out_dir: Path, *, on_event: ev.EventSink,
+              stop: threading.Event | None = None, resume: bool = True) -> TrainResult:
+        try:
+            problem = torch_problem()
+            if problem:
+                raise TrainingUnavailable(problem)
+            return self._train(Path(dataset), config, Path(out_dir), on_event, stop, resume)
+        except Exception as e:  # noqa: BLE001 - reported, then raised again
+            on_event(ev.TrainError(str(e) if isinstance(e, TrainingUnavailable) else f"{type(e).__name__}: {e}"))
+            raise
+
+    def _train(self, dataset: Path, config: TrainConfig, out_dir: Path, on_event: ev.EventSink,
+               stop: threading.Event | None, resume: bool) -> TrainResult:
+        import torch
+
+        if min(config.steps, config.batch_size, config.grad_accum, config.lora_rank, config.max_seq_len) <= 0:
+            raise ValueError("steps, batch_size, grad_accum, lora_rank and max_seq_len must be > 0")
+        lr_factor(config)                                   # validates lr_schedule before the model loads
+        par = _Parallel(config.device)
+        emit = on_event if par.main else ev.ignore
+        rows = read_dataset(dataset)
+        data_hash = _sha256(dataset)
+        found = checkpoints(out_dir) if resume else []
+        latest = found[-1][1] if found else None
+        saved = torch.load(latest / STATE_FILE, map_location="cpu", weights_only=True) if latest else None
+        if saved is not None:
+            diffs = _compatible(saved["config"], config)
+            if saved.get("dataset_sha256") != data_hash:
+                diffs.append("the dataset changed")
+            if saved.get("world_size", 1) != par.world:
+                diffs.append(f"processes: {saved.get('world_size', 1)} -> {par.world}")
+            if diffs:
+                raise ValueError(f"can't resume from {latest}: it was trained with a different setup "
+                                 f"({'; '.join(diffs)}); train with resume=False or into a new folder")
+        if par.main:
+            out_dir.mkdir(parents=True, exist_ok=True)
+            if not resume:
+                shutil.rmtree(out_dir / "checkpoints", ignore_errors=True)
+                shutil.rmtree(out_dir / "adapter", ignore_errors=True)
+            for folder in (out_dir, out_dir / "checkpoints"):      # half-written folders a crash left behind
+                for junk in (folder.glob(".tmp-*") if folder.is_dir() else ()):
+                    shutil.rmtree(junk, ignore_errors=True) if junk.is_dir() else junk.unlink(missing_ok=True)
+        par.barrier()
+
+        base_dir = resolve_base(config.base_model, self.cache_dir)
+        model, tokenizer = load_base(base_dir, device=par.device)
+        examples = self._encode(rows, tokenizer, config, dataset, emit)
+        run = _Run(config, model, tokenizer, examples, par, data_hash)
+        if saved is not None:
+            run.restore(latest, saved)
+        gguf = source_gguf(config.base_model)
+        padding = run.plan.padding_share()
+        if par.main:
+            _write_json(out_dir / "train_config.json", {
+                "trainer": self.name, **config.to_dict(), "base_model_dir": base_dir,
+                "base_gguf": str(gguf) if gguf else None, "dataset": str(dataset), "dataset_sha256": data_hash,
+                "examples": len(examples), "skipped_examples": len(rows) - len(examples),
+                "optimizer": "AdamW (weight_decay 0)", "max_grad_norm": MAX_GRAD_NORM,
+                "lora_scale": config.lora_alpha / config.lora_rank, "device": par.device, "world_size": par.world,
+                "batches": "length-grouped", "planned_padding_share": round(padding, 4), "versions": _versions()})
+            with open(out_dir / "loss.jsonl", "w", encoding="utf-8") as f:   # what the checkpoint knows, no more
+                f.writelines(json.dumps(_loss_record(r)) + "\n" for r in run.log)
+
+        stats = {"steps": 0, "useful_tokens": 0, "processed_tokens": 0, "reply_tokens": 0, "train_s": 0.0}
+
+        def checkpoint() -> Path:
+            final = out_dir / "checkpoints" / f"step-{run.step:06d}"
+            state = run.state()
+            if par.main:
+                def fill(tmp: Path) -> None:
+                    _save_adapter(run.peft_model, tmp)
+                    torch.save(state, tmp / STATE_FILE)
+                _write_folder(final, fill)
+                for _, old in checkpoints(out_dir)[:-KEEP_CHECKPOINTS]:
+                    shutil.rmtree(old, ignore_errors=True)
+                emit(ev.CheckpointSaved(step=run.step, path=str(final)))
+            par.barrier()
+            return final
+
+        def finish(adapter_dir: Path, stopped: bool) -> TrainResult:
+            if par.main:
+                processed = stats["processed_tokens"]
+                _write_json(out_dir / STATS_FILE, {
+                    **stats, "padding_share": 1 - stats["useful_tokens"] / processed if processed else None,
+                    "planned_padding_share": padding,
+                    "tokens_per_s": stats["useful_tokens"] / stats["train_s"] if stats["train_s"] else None,
+                    "peak_rss_mib": _peak_rss_mib(), "device": par.device, "world_size": par.world,
+                    "threads": torch.get_num_threads(), "stopped": stopped})
+            losses = [r["loss"] for r in run.log]
+            emit(ev.TrainDone(adapter_dir=str(adapter_dir), steps=run.step, stopped=stopped,
+                              initial_loss=losses[0] if losses else None, final_loss=losses[-1] if losses else None))
+            return TrainResult(adapter_dir=adapter_dir, steps=run.step, losses=losses, stopped=stopped)
+
+        emit(ev.TrainStarted(run_dir=str(out_dir), total_steps=config.steps, examples=len(examples),
+                             resumed_from=run.step))
+        emit(ev.Notice("info", f"torch trainer on {par.device}" + (f" x{par.world}" if par.world > 1 else "")
+                       + f": {len(examples)} examples, length-grouped batches of {run.plan.batch_size} "
+                       f"({padding:.1%} padding)"))
+        last_ckpt = latest              # a checkpoint of the current step, if there is one
+        seconds: list[float] = []
+        while run.step < config.steps:
+            if par.any(stop is not None and stop.is_set()):
+                return finish(last_ckpt or checkpoint(), stopped=True)
+            try:
+                rec = run.train_step(stop)
+            except _StepAborted:
+                return finish(last_ckpt or checkpoint(), stopped=True)
+            last_ckpt = None
+            seconds.append(rec["seconds"])
+            for k in ("useful_tokens", "processed_tokens", "reply_tokens"):
+                stats[k] += rec[k]
+            stats["train_s"] += rec["seconds"]
+            stats["steps"] += 1
+            if par.main:
+                with open(out_dir / "loss.jsonl", "a", encoding="utf-8") as f:
+                    f.write(json.dumps(_loss_record(rec)) + "\n")
+            recent = seconds[-10:]
+            emit(ev.TrainStep(step=run.step, total_steps=config.steps, loss=rec["loss"], learning_rate=rec["lr"],
+                              tokens_per_s=rec["tokens_per_s"],
+                              eta_s=sum(recent) / len(recent) * (config.steps - run.step)))
+            periodic = config.checkpoint_every > 0 and run.step % config.checkpoint_every == 0
+            if periodic or run.step == config.steps:    # the last step too: a later resume finds the run finished
+                last_ckpt = checkpoint()
+        final = out_dir / "adapter"
+        if par.main:
+            _write_folder(final, lambda tmp: _save_adapter(run.peft_model, tmp))
+        par.barrier()
+        return finish(final, stopped=False)
+
+    @staticmethod
+    def _encode(rows: list[dict], tokenizer, config: TrainConfig, dataset: Path, emit) -> list:
+        examples = []
+        for row in rows:
+            toks, offset = encode_example(tokenizer, row["messages"])
+            toks = toks[:config.max_seq_len]
+            if offset < len(toks):        # something of the reply is left after truncation
+                examples.append((toks, offset))
+        if not examples:
+            raise ValueError(f"{dataset}: no example has reply tokens within max_seq_len={config.max_seq_len}")
+        if len(examples) < len(rows):
+            emit(ev.Notice("warning", f"{len(rows) - len(examples)} of {len(rows)} examples skipped: their "
+                                      f"prompt fills max_seq_len={config.max_seq_len}"))
+        return examples
+
+
+def _versions() -> dict:
+    from importlib.metadata import PackageNotFoundError, version
+    out = {}
+    for pkg in ("torch", "transformers", "peft", "accelerate"):
+        try:
+            out[pkg] = version(pkg)
+        except PackageNotFoundError:
+            pass
+    return out
+
+
+# ---- command line (for `accelerate launch -m sleepy_tui.training.torch_trainer ...`) ----------------------------------
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+    import dataclasses
+    import signal
+    ap = argparse.ArgumentParser(prog="python -m sleepy_tui.training.torch_trainer",
+                                 description="Train a LoRA adapter with the torch trainer; events print as JSON lines.")
+    ap.add_argument("dataset", type=Path)
+    ap.add_argument("out_dir", type=Path)
+    ap.add_argument("--no-resume", action="store_true", help="start over instead of resuming the latest checkpoint")
+    ap.add_argument("--cache-dir", type=Path, default=None, help="where a GGUF base's float32 copy is kept")
+    defaults = TrainConfig()
+    for f in dataclasses.fields(TrainConfig):
+        value = getattr(defaults, f.name)
+        flag = "--" + f.name.replace("_", "-")
+        if isinstance(value, tuple):
+            ap.add_argument(flag, nargs="+", default=list(value))
+        else:
+            ap.add_argument(flag, type=type(value), default=value)
+    args = ap.parse_args(argv)
+    config = TrainConfig(**{f.name: (tuple(getattr(args, f.name)) if f.name == "target_modules"
+                                     else getattr(args, f.name)) for f in dataclasses.fields(TrainConfig)})
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):          # first signal: checkpoint and stop; the run resumes later
+        signal.signal(sig, lambda *_: stop.set())
+
+    def on_event(e: ev.Event) -> None:
+        print(json.dumps(e.to_dict(), default=str), flush=True)
+
+    try:
+        result = TorchTrainer(args.cache_dir).train(args.dataset, config, args.out_dir, on_event=on_event, stop=stop,
+                                                    resume=not args.no_resume)
+    except Exception:  # noqa: BLE001 - already reported as a TrainError event
+        return 1
+    return 3 if result.stopped else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

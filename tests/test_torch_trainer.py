@@ -1,0 +1,351 @@
+"""The torch LoRA trainer on a tiny random llama (SmolLM2's tokenizer): labels, batching, loss, events,
+checkpoints, stop / crash + resume. The slow tests train the real SmolLM2-135M base for a few steps and run
+the trainer under `accelerate launch` with two CPU processes.
+
+One unbroken 30-step run is checked from several sides; stopped, crashed and resumed runs are compared with it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from sleepy_tui import events as ev
+from sleepy_tui.training.base import TrainConfig
+from sleepy_tui.training.torch_trainer import (IGNORE, STATE_FILE, BatchPlan, TorchTrainer, checkpoints, collate,
+                                               encode_example, lr_factor)
+
+from fixtures_training import build_tiny_llama, cached_tokenizer, chat_rows, varied_rows, write_dataset
+
+STEPS = 30
+
+
+class Crash(RuntimeError):
+    pass
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory, pytestconfig) -> tuple[Path, Path]:
+    """(model folder, dataset file)."""
+    root = tmp_path_factory.mktemp("torch_tiny")
+    model = build_tiny_llama(root / "model", cached_tokenizer(pytestconfig, root / "tokenizer"))
+    return model, write_dataset(root / "train.jsonl")
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tiny):
+    from transformers import AutoTokenizer
+    return AutoTokenizer.from_pretrained(tiny[0])
+
+
+def _config(model: Path, **kw) -> TrainConfig:
+    base = dict(base_model=str(model), steps=STEPS, learning_rate=2e-2, warmup_steps=2, lora_dropout=0.05,
+                batch_size=2, checkpoint_every=10, seed=0,
+                target_modules=("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"))
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def _train(tiny, out: Path, *, events: list | None = None, stop=None, resume=True, hook=None, **kw):
+    model, data = tiny
+    events = [] if events is None else events
+
+    def on_event(e):
+        events.append(e)
+        if hook:
+            hook(e)
+
+    return TorchTrainer().train(data, _config(model, **kw), out, on_event=on_event, stop=stop, resume=resume)
+
+
+def _adapter_weights(folder: Path) -> dict:
+    from safetensors.torch import load_file
+    return load_file(str(folder / "adapter_model.safetensors"))
+
+
+def _assert_same_weights(a: dict, b: dict) -> None:
+    import torch
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.allclose(a[k], b[k], rtol=1e-5, atol=1e-6), k
+
+
+@pytest.fixture(scope="module")
+def unbroken(tiny, tmp_path_factory):
+    out = tmp_path_factory.mktemp("torch_run") / "run"
+    events: list = []
+    t0 = time.perf_counter()
+    result = _train(tiny, out, events=events, resume=False)
+    return out, result, events, time.perf_counter() - t0
+
+
+# ---- pieces ----------------------------------------------------------------------------------------------------------
+
+def test_labels_mask_everything_but_the_reply(tokenizer):
+    rows = chat_rows()
+    examples = [encode_example(tokenizer, r["messages"]) for r in rows[:3]]
+    batch = collate(examples, [0, 1, 2], pad_id=tokenizer.pad_token_id)
+    width = batch["input_ids"].shape[1]
+    for r, ((toks, offset), row) in enumerate(zip(examples, rows)):
+        labels = batch["labels"][r].tolist()
+        reply = [t for t in labels if t != IGNORE]
+        assert tokenizer.decode(reply) == row["messages"][-1]["content"] + "<|im_end|>\n"
+        assert labels[:offset] == [IGNORE] * offset                  # system, user and the assistant header
+        assert labels[offset:len(toks)] == toks[offset:]
+        assert labels[len(toks):] == [IGNORE] * (width - len(toks))   # padding
+        assert batch["attention_mask"][r].tolist() == [1] * len(toks) + [0] * (width - len(toks))
+        prompt = tokenizer.decode(toks[:offset])
+        assert prompt.endswith("<|im_start|>assistant\n") and row["messages"][1]["content"] in prompt
+
+
+def test_length_grouped_batches_waste_little_on_padding(tokenizer):
+    import random
+    lengths = [len(encode_example(tokenizer, r["messages"])[0]) for r in varied_rows(48)]
+    assert max(lengths) > 5 * min(lengths)
+    plan = BatchPlan(lengths, batch_size=4, seed=0)
+    assert plan.padding_share() < 0.10
+    # every example once an epoch, a different order each epoch, the same order for the same seed
+    for e in range(3):
+        assert sorted(i for b in plan.epoch(e) for i in b) == list(range(48))
+    assert plan.epoch(0) != plan.epoch(1)
+    assert [BatchPlan(lengths, 4, seed=0).batch(g) for g in range(30)] == [plan.batch(g) for g in range(30)]
+    assert [BatchPlan(lengths, 4, seed=1).batch(g) for g in range(12)] != [plan.batch(g) for g in range(12)]
+    # batches in arrival order would pad far more
+    order = list(range(48))
+    random.Random(0).shuffle(order)
+    useful = sum(lengths)
+    processed = sum(max(lengths[i] for i in order[j:j + 4]) * 4 for j in range(0, 48, 4))
+    assert 1 - useful / processed > 0.25
+
+
+def test_lr_schedule_warms_up_then_decays():
+    f = lr_factor(TrainConfig(steps=20, warmup_steps=4, lr_schedule="cosine"))
+    warm = [f(s) for s in range(4)]
+    assert warm == sorted(warm) and 0 < warm[0] < warm[-1] < 1
+    assert f(4) == pytest.approx(1.0)
+    decay = [f(s) for s in range(4, 20)]
+    assert decay == sorted(decay, reverse=True) and decay[-1] < 0.05
+    assert lr_factor(TrainConfig(steps=10, warmup_steps=0, lr_schedule="constant"))(9) == 1.0
+    with pytest.raises(ValueError, match="lr_schedule"):
+        lr_factor(TrainConfig(lr_schedule="step"))
+
+
+# ---- one unbroken run ------------------------------------------------------------------------------------------------
+
+def test_loss_falls(unbroken):
+    _, result, _, seconds = unbroken
+    losses = result.losses
+    assert len(losses) == STEPS and result.steps == STEPS and not result.stopped
+    assert sum(losses[:5]) / 5 > sum(losses[-5:]) / 5 + 1.0
+    assert seconds < 60
+
+
+def test_events_and_run_folder(unbroken):
+    out, result, events, _ = unbroken
+    kinds = [e.kind for e in events]
+    assert kinds[0] == "TrainStarted" and kinds[-1] == "TrainDone"
+    steps = [e for e in events if isinstance(e, ev.TrainStep)]
+    assert [e.step for e in steps] == list(range(1, STEPS + 1))
+    assert all(e.tokens_per_s > 0 and e.eta_s >= 0 for e in steps) and steps[-1].eta_s == 0
+    assert steps[0].learning_rate < steps[2].learning_rate          # warmup
+    assert steps[-1].learning_rate < steps[2].learning_rate         # cosine decay
+    assert [e.step for e in events if isinstance(e, ev.CheckpointSaved)] == [10, 20, 30]
+    done = events[-1]
+    assert done.adapter_dir == str(out / "adapter") and done.final_loss == result.losses[-1]
+    log = [json.loads(line) for line in (out / "loss.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log] == list(range(1, STEPS + 1))
+    assert [r["loss"] for r in log] == pytest.approx(result.losses)
+    cfg = json.loads((out / "train_config.json").read_text())
+    assert cfg["trainer"] == "torch" and cfg["steps"] == STEPS and cfg["examples"] == 8
+    stats = json.loads((out / "train_stats.json").read_text())
+    assert stats["steps"] == STEPS and 0 <= stats["padding_share"] < 0.10 and stats["peak_rss_mib"] > 0
+    assert sorted(p.name for p in (out / "adapter").iterdir()) == ["adapter_config.json", "adapter_model.safetensors"]
+
+
+def test_final_adapter_loads_with_peft(unbroken, tiny):
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+    out = unbroken[0]
+    base = AutoModelForCausalLM.from_pretrained(tiny[0])
+    x = torch.tensor([[1, 2, 3, 4, 5]])
+    with torch.no_grad():
+        before = base(x).logits
+        tuned = PeftModel.from_pretrained(base, str(out / "adapter")).eval()
+        after = tuned(x).logits
+    assert not torch.allclose(before, after)
+
+
+def test_checkpoints_rotate(unbroken):
+    import torch
+    out = unbroken[0]
+    assert [s for s, _ in checkpoints(out)] == [20, 30]              # the last two
+    assert not list((out / "checkpoints").glob(".tmp-*")) and not list(out.glob(".tmp-*"))
+    folder = checkpoints(out)[-1][1]
+    assert {"adapter_config.json", "adapter_model.safetensors", STATE_FILE} <= {p.name for p in folder.iterdir()}
+    state = torch.load(folder / STATE_FILE, weights_only=True)
+    assert state["step"] == 30 and state["config"]["steps"] == STEPS
+    assert {"optimizer", "scheduler", "rng", "data_order", "dataset_sha256", "log"} <= set(state)
+    assert {"torch", "python", "numpy"} <= set(state["rng"][0])
+    _assert_same_weights(_adapter_weights(folder), _adapter_weights(out / "adapter"))
+
+
+def test_resuming_a_finished_run_trains_nothing(unbroken, tiny):
+    out, result, _, _ = unbroken
+    events: list = []
+    again = _train(tiny, out, events=events)
+    assert again.steps == STEPS and again.losses == pytest.approx(result.losses)
+    assert not [e for e in events if isinstance(e, ev.TrainStep)]
+
+
+# ---- stop, crash, resume -----------------------------------------------------------------------------------------------
+
+def test_stop_crash_and_resume_end_like_an_unbroken_run(tiny, unbroken, tmp_path):
+    out = tmp_path / "run"
+    stop = threading.Event()
+
+    def stop_at_7(e):
+        if isinstance(e, ev.TrainStep) and e.step == 7:
+            stop.set()
+
+    events: list = []
+    first = _train(tiny, out, events=events, stop=stop, resume=False, hook=stop_at_7)
+    assert first.stopped and first.steps == 7                        # within one step of the request
+    assert first.adapter_dir == out / "checkpoints" / "step-000007"
+    assert events[-1] == ev.TrainDone(adapter_dir=str(first.adapter_dir), steps=7, initial_loss=first.losses[0],
+                                      final_loss=first.losses[-1], stopped=True)
+    assert [s for s, _ in checkpoints(out)] == [7]
+
+    def crash_at_13(e):
+        if isinstance(e, ev.TrainStep) and e.step == 13:
+            raise Crash("power cut")
+
+    events = []
+    with pytest.raises(Crash):
+        _train(tiny, out, events=events, hook=crash_at_13)
+    assert events[0] == ev.TrainStarted(run_dir=str(out), total_steps=STEPS, examples=8, resumed_from=7)
+    assert isinstance(events[-1], ev.TrainError) and "power cut" in events[-1].message
+    assert [s for s, _ in checkpoints(out)] == [7, 10]
+
+    events = []
+    last = _train(tiny, out, events=events)                          # resumes from step 10
+    assert events[0].resumed_from == 10 and not last.stopped and last.steps == STEPS
+    assert last.losses == pytest.approx(unbroken[1].losses, rel=1e-5)
+    _assert_same_weights(_adapter_weights(out / "adapter"), _adapter_weights(unbroken[0] / "adapter"))
+    log = [json.loads(line)["step"] for line in (out / "loss.jsonl").read_text().splitlines()]
+    assert log == list(range(1, STEPS + 1))
+
+
+def test_stop_between_micro_batches_undoes_the_step(tiny, tmp_path, monkeypatch):
+    """With grad_accum, a stop arriving mid-step ends the run at the last whole step; resuming repeats the
+    interrupted step exactly."""
+    from sleepy_tui.training import torch_trainer
+    kw = dict(steps=8, grad_accum=2, checkpoint_every=0)
+    whole = _train(tiny, tmp_path / "whole", resume=False, **kw)
+
+    stop = threading.Event()
+    calls = {"n": 0}
+    real = torch_trainer._reply_loss_module
+
+    def counting(peft_model):
+        module = real(peft_model)
+        forward = module.forward
+
+        def counted(*a, **k):
+            calls["n"] += 1
+            if calls["n"] == 2 * 5 + 1:        # the first micro-batch of step 6
+                stop.set()
+            return forward(*a, **k)
+
+        module.forward = counted
+        return module
+
+    monkeypatch.setattr(torch_trainer, "_reply_loss_module", counting)
+    out = tmp_path / "run"
+    first = _train(tiny, out, stop=stop, resume=False, **kw)
+    assert first.stopped and first.steps == 5 and [s for s, _ in checkpoints(out)] == [5]
+    monkeypatch.setattr(torch_trainer, "_reply_loss_module", real)
+    last = _train(tiny, out, **kw)
+    assert last.losses == pytest.approx(whole.losses, rel=1e-5)
+    _assert_same_weights(_adapter_weights(out / "adapter"), _adapter_weights(tmp_path / "whole" / "adapter"))
+
+
+def test_resume_refuses_a_changed_setup(tiny, unbroken, tmp_path):
+    import shutil
+    out = tmp_path / "run"
+    shutil.copytree(unbroken[0], out)
+    events: list = []
+    with pytest.raises(ValueError, match="learning_rate"):
+        _train(tiny, out, events=events, learning_rate=1e-3)
+    assert isinstance(events[-1], ev.TrainError) and "can't resume" in events[-1].message
+    # the checkpoint-free fields may change
+    again = _train(tiny, out, checkpoint_every=7)
+    assert again.steps == STEPS
+
+
+def test_errors_are_reported_then_raised(tiny, tmp_path):
+    events: list = []
+    with pytest.raises(ValueError, match="not found in the model"):
+        _train(tiny, tmp_path / "run", events=events, target_modules=("qkv_proj",))
+    assert isinstance(events[-1], ev.TrainError) and "q_proj" in events[-1].message   # names what there is
+    events = []
+    with pytest.raises(ValueError):
+        _train(tiny, tmp_path / "run2", events=events, max_seq_len=8)                    # prompts fill it
+    assert isinstance(events[-1], ev.TrainError) and "max_seq_len" in events[-1].message
+
+
+# ---- slow: the real base, and two processes ------------------------------------------------------------------------------
+
+@pytest.fixture(scope="session")
+def real_cache(tmp_path_factory) -> Path:
+    """Shared by the slow tests of both modules: the embedded GGUF is converted once a session."""
+    return tmp_path_factory.getbasetemp() / "sleepy-model-cache"
+
+
+@pytest.mark.slow
+def test_real_smollm2_trains_and_exports(real_cache, tmp_path):
+    """A few steps on the embedded SmolLM2-135M (de-quantized from its GGUF), then the GGUF export loads in
+    llama.cpp next to the same GGUF."""
+    from sleepy_tui.training.gguf_export import export_gguf_lora
+    data = write_dataset(tmp_path / "train.jsonl", varied_rows(8))
+    cfg = TrainConfig(steps=3, batch_size=2, max_seq_len=256, learning_rate=1e-3, warmup_steps=1, checkpoint_every=2)
+    events: list = []
+    result = TorchTrainer(cache_dir=real_cache).train(data, cfg, tmp_path / "run", on_event=events.append,
+                                                       resume=False)
+    assert result.steps == 3 and all(0 < x < 20 for x in result.losses)
+    stats = json.loads((tmp_path / "run" / "train_stats.json").read_text())
+    print(f"\nSmolLM2-135M, CPU: {stats['tokens_per_s']:.0f} tokens/s, padding {stats['padding_share']:.1%}, "
+          f"peak RSS {stats['peak_rss_mib']:.0f} MiB")
+    gguf = export_gguf_lora(result.adapter_dir, tmp_path / "adapter.gguf")
+    llama_cpp = pytest.importorskip("llama_cpp")
+    from sleepy_tui.training.base_model import embedded_gguf_path
+    llm = llama_cpp.Llama(model_path=str(embedded_gguf_path()), lora_path=str(gguf), n_ctx=256, verbose=False)
+    assert llm.create_completion("fn main() {", max_tokens=4, temperature=0)["choices"][0]["text"] is not None
+
+
+@pytest.mark.slow
+def test_accelerate_launch_two_cpu_processes(tiny, tmp_path):
+    """Runnable unchanged under `accelerate launch`: two CPU processes (gloo) split the batches; rank 0 writes."""
+    pytest.importorskip("accelerate")
+    model, data = tiny
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--cpu", "--num_processes", "2",
+           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+           "-m", "sleepy_tui.training.torch_trainer", str(data), str(out), "--base-model", str(model),
+           "--steps", "6", "--batch-size", "2", "--checkpoint-every", "3", "--learning-rate", "0.02"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "ACCELERATE_USE_CPU": "true"}
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=240)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    lines = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+    kinds = [e["kind"] for e in lines]
+    assert kinds.count("TrainStep") == 6 and kinds[-1] == "TrainDone"   # events from rank 0 only
+    assert json.loads((out / "train_config.json").read_text())["world_size"] == 2
+    assert (out / "adapter" / "adapter_model.safetensors").is_file()
+    assert [s for s, _ in checkpoints(out)] == [3, 6]
