@@ -16,6 +16,8 @@ from textual.widgets import RichLog, Static
 from .. import render
 from ... import events as ev
 
+STREAM_REFRESH_S = 0.08   # streamed tokens are drawn at most this often
+
 
 class Transcript(VerticalScroll):
     def __init__(self, *, id: str = "transcript", max_lines: int = 5000) -> None:
@@ -24,11 +26,15 @@ class Transcript(VerticalScroll):
         self.following = True
         self._stream_key: tuple[str, int] | None = None
         self._partial = ""
+        self._pending = ""      # streamed text not drawn yet: drawn in batches, not per token (each draw re-lays out)
         self._last_code: dict[str, tuple[str, str]] = {}   # koan -> (name, code) to diff the next attempt against
 
     def compose(self) -> ComposeResult:
         yield RichLog(id="transcript-log", wrap=True, min_width=20, max_lines=self.max_lines, auto_scroll=False)
         yield Static("", id="transcript-live")
+
+    def on_mount(self) -> None:
+        self.set_interval(STREAM_REFRESH_S, self._drain)
 
     @property
     def log_widget(self) -> RichLog:
@@ -49,7 +55,8 @@ class Transcript(VerticalScroll):
     def plain_text(self) -> str:
         """Everything shown, as plain text (for tests and copying)."""
         lines = [strip.text for strip in self.log_widget.lines]
-        return "\n".join(lines + ([self._partial] if self._partial else []))
+        live = self._partial + self._pending
+        return "\n".join(lines + ([live] if live else []))
 
     # ---- what the agent does ------------------------------------------------------------------------------
 
@@ -72,10 +79,17 @@ class Transcript(VerticalScroll):
             self._flush()
             self._stream_key = (koan_id, attempt)
             self.write(Text(f"attempt {attempt} · the model replies:", style="bold cyan"))
-        self._partial += text
+        self._pending += text
+
+    def _drain(self) -> None:
+        """Draw the text streamed since the last frame: complete lines in one write, the rest as the live line."""
+        if not self._pending:
+            return
+        self._partial += self._pending
+        self._pending = ""
         *lines, self._partial = self._partial.split("\n")
-        for line in lines:
-            self.write(Text(line, style="dim"))
+        if lines:
+            self.write(Text("\n".join(lines), style="dim"))
         self._show_live()
 
     def attempt_checked(self, e: ev.AttemptChecked, max_attempts: int) -> None:
@@ -113,6 +127,7 @@ class Transcript(VerticalScroll):
         self._follow()
 
     def _flush(self) -> None:
+        self._drain()
         if self._partial:
             self.write(Text(self._partial, style="dim"))
             self._partial = ""
