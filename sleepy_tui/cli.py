@@ -20,7 +20,8 @@ class CliError(Exception):
 def _settings(args) -> Settings:
     cli = {k: getattr(args, k, None) for k in ("backend", "model", "adapter", "max_attempts", "temperature",
                                                "seed", "max_tokens", "steps", "learning_rate", "lora_rank",
-                                               "lora_alpha", "batch_size", "replay_share", "train_backend")}
+                                               "lora_alpha", "batch_size", "replay_share", "train_backend",
+                                               "checkpoint_every", "ollama_host")}
     if getattr(args, "koans", None):
         cli["koans_dir"] = str(Path(args.koans).resolve())
     if getattr(args, "state", None):
@@ -171,9 +172,13 @@ class _TrainPrinter:
             _Printer()(e)
 
 
+def _warn(message: str) -> None:
+    print(f"warning: {message}", file=sys.stderr)
+
+
 def _engine(args):
     from .engine import Engine
-    return Engine(_settings(args), on_warning=lambda m: print(f"warning: {m}", file=sys.stderr))
+    return Engine(_settings(args), on_warning=_warn)
 
 
 def cmd_train(args) -> int:
@@ -184,9 +189,15 @@ def cmd_train(args) -> int:
         latest = engine.store.get_value("latest_dataset")
         if not latest:
             raise CliError("nothing to resume: no dataset has been built yet")
+        if not engine.store.get_value("training_adapter_id"):
+            raise CliError("nothing to resume: the last training finished (`sleepy adapters list`); "
+                           "`sleepy train` starts a new one")
         info = DatasetInfo(Path(latest["path"]), latest["hash"], latest["examples"], latest["by_provenance"])
     else:
-        info = engine.build_dataset()
+        try:
+            info = engine.build_dataset()
+        except ValueError as e:
+            raise CliError(str(e))
     print(f"dataset {info.path}: {info.examples} examples {json.dumps(info.by_provenance)}")
     stop = threading.Event()
     try:
@@ -195,6 +206,10 @@ def cmd_train(args) -> int:
     except KeyboardInterrupt:
         stop.set()
         raise
+    except (OSError, ValueError, RuntimeError) as e:   # already printed as "training failed: ..." by the printer
+        where = engine.store.get_value("training_adapter_id")
+        hint = "; fix that, then `sleepy train --resume` continues from the last checkpoint" if where else ""
+        raise CliError(f"training failed: {e}{hint}")
     print(f"adapter {meta['adapter_id']} saved (not promoted: `sleepy cycle` gates it, "
           f"or `sleepy adapters promote {meta['adapter_id']}`)")
     return 0
@@ -358,7 +373,7 @@ def cmd_eval(args) -> int:
     if args.repeats > 1:
         from .metrics import store_cycle_table
         from .store import Store
-        row = next(r for r in store_cycle_table(Store(s.state_path)) if r.cycle == args.cycle)
+        row = next(r for r in store_cycle_table(Store(s.state_path, on_warning=_warn)) if r.cycle == args.cycle)
         print(f"\ncycle {args.cycle}: pass rate over {len(row.pass_rates)} runs: mean {row.pass_rate_mean:.1%}, "
               f"spread (sd) {row.pass_rate_spread:.1%}; runs: " + ", ".join(f"{p:.0%}" for p in row.pass_rates))
     return rc
@@ -368,7 +383,7 @@ def cmd_status(args) -> int:
     from .metrics import run_metrics, store_cycle_table
     from .store import Store
     s = _settings(args)
-    store = Store(s.state_path)
+    store = Store(s.state_path, on_warning=_warn)
     rows = store_cycle_table(store)
     if rows:
         print("cycle  pass rate        passed  median steps  repeat err  regressions  adapter")
@@ -397,7 +412,7 @@ def cmd_report(args) -> int:
     from .store import Store
     s = _settings(args)
     out = Path(args.out) if args.out else s.state_path / "report"
-    path = build_report(Store(s.state_path), out)
+    path = build_report(Store(s.state_path, on_warning=_warn), out)
     print(f"wrote {path} and its plots")
     return 0
 
@@ -413,6 +428,8 @@ def _model_flags(p: argparse.ArgumentParser, top: bool = False) -> None:
     p.add_argument("--temperature", type=float, **d)
     p.add_argument("--seed", type=int, **d)
     p.add_argument("--max-tokens", type=int, dest="max_tokens", **d)
+    p.add_argument("--ollama-host", dest="ollama_host", metavar="URL", help="where Ollama answers "
+                   "(default: OLLAMA_HOST, else http://127.0.0.1:11434)", **d)
     if not top:
         p.add_argument("--stream", action="store_true", help="print the model's output as it streams")
 
@@ -492,6 +509,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--alpha", type=int, dest="lora_alpha")
     p.add_argument("--batch-size", type=int, dest="batch_size")
     p.add_argument("--replay-share", type=float, dest="replay_share")
+    p.add_argument("--checkpoint-every", type=int, dest="checkpoint_every", metavar="N",
+                   help="save a resumable checkpoint every N steps (default 20)")
     p.add_argument("--resume", action="store_true", help="continue the last stopped or crashed training")
     p.set_defaults(func=cmd_train)
 
@@ -560,7 +579,8 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as e:  # the last net: a known failure type prints one line
         from .backends.base import BackendUnavailable
         from .sandbox import SandboxError
-        if isinstance(e, (BackendUnavailable, SandboxError)):
+        from .store import StateError
+        if isinstance(e, (BackendUnavailable, SandboxError, StateError)):  # StateBusy too
             print(f"sleepy: error: {e}", file=sys.stderr)
             return 2
         raise

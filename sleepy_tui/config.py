@@ -50,6 +50,7 @@ class Settings:
     batch_size: int = 4
     grad_accum: int = 1
     max_seq_len: int = 1024
+    checkpoint_every: int = 20         # steps between training checkpoints (0: only at the end / on stop)
     replay_share: float = 0.3          # share of replayed, already-solved examples in a dataset
     gate_tolerance: float = 0.0        # pass-rate drop (0..1) the gate accepts; regressions allowed = 0
     # --- where ---
@@ -82,6 +83,8 @@ class Settings:
                 p.append(f"{name}: must be > 0, got {getattr(self, name)}")
         if not 0.0 <= self.temperature <= 2.0:
             p.append(f"temperature: must be within 0..2, got {self.temperature}")
+        if self.checkpoint_every < 0:
+            p.append(f"checkpoint_every: must be >= 0, got {self.checkpoint_every}")
         for name in ("lora_dropout", "replay_share", "gate_tolerance"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 p.append(f"{name}: must be within 0..1, got {getattr(self, name)}")
@@ -115,15 +118,16 @@ def _coerce(name: str, typ, value):
         raise ValueError(f"{name}: expected {typ}, got {value!r}") from None
 
 
-def config_file() -> Path:
+def config_file(state_dir: str | os.PathLike | None = None) -> Path:
+    """SLEEPY_CONFIG, else config.toml in the state folder (`state_dir`, e.g. from --state, or the default)."""
     env = os.environ.get("SLEEPY_CONFIG")
-    return Path(env) if env else locations.state_dir() / "config.toml"
+    return Path(env) if env else Path(state_dir or locations.state_dir()) / "config.toml"
 
 
 def load_settings(cli: dict | None = None, *, env: dict | None = None, file: Path | None = None) -> Settings:
     """Build Settings from defaults < file < env (SLEEPY_<FIELD>) < cli; raise ConfigError listing all problems."""
     env = os.environ if env is None else env
-    file = config_file() if file is None else file
+    file = config_file((cli or {}).get("state_dir")) if file is None else file
     values: dict = {}
     problems: list[str] = []
     types = {f.name: f.type for f in fields(Settings)}
@@ -133,6 +137,8 @@ def load_settings(cli: dict | None = None, *, env: dict | None = None, file: Pat
             layers.append((str(file), tomllib.loads(file.read_text())))
         except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
             problems.append(f"{file}: invalid TOML: {e}")
+        except OSError as e:
+            problems.append(f"{file}: cannot read: {e.strerror}")
     layers.append(("environment", {k[7:].lower(): v for k, v in env.items() if k.startswith("SLEEPY_")
                                    and k[7:].lower() in types}))
     layers.append(("command line", {k: v for k, v in (cli or {}).items() if v is not None}))

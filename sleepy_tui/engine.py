@@ -140,13 +140,14 @@ class Engine:
         else:
             meta["peft_dir"] = str(result.adapter_dir)
         if not result.stopped:
-            self.store.set_value("training_adapter_id", None)
             if trainer.name == "torch":
                 from .training.gguf_export import export_gguf_lora
                 gguf = out / "adapter.gguf"
                 export_gguf_lora(result.adapter_dir, gguf)
                 meta["gguf"] = str(gguf)
         adapters.record(self.store, meta)
+        if not result.stopped:       # only now: a crash before this resumes the same adapter (no retraining)
+            self.store.set_value("training_adapter_id", None)
         return meta
 
     # ---- the gate and the cycle -------------------------------------------------------------------------------

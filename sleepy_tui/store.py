@@ -121,13 +121,24 @@ def _open_db(path: Path, on_warning) -> TinyDB:
     return db
 
 
+class StateError(RuntimeError):
+    """The state folder can't be used (one line, for the user)."""
+
+
+class StateBusy(StateError):
+    """Another process writes this state folder."""
+
+
 class Store:
     """Thread-safe facade over the state folder. One instance per process and state dir."""
 
     def __init__(self, state_dir: Path, on_warning=None):
         self.dir = Path(state_dir)
-        self.dir.mkdir(parents=True, exist_ok=True)
-        (self.dir / "episodes").mkdir(exist_ok=True)
+        try:
+            self.dir.mkdir(parents=True, exist_ok=True)
+            (self.dir / "episodes").mkdir(exist_ok=True)
+        except OSError as e:
+            raise StateError(f"{self.dir}: can't be the state folder: {e.strerror} (give --state a folder)") from None
         self.warnings: list[str] = []
 
         def warn(msg: str) -> None:
@@ -139,14 +150,35 @@ class Store:
         self._lock = threading.RLock()
         self._meta = _open_db(self.dir / "sleepy.json", warn)
         self._episode_dbs: dict[str, TinyDB] = {}
+        self._lock_fd: int | None = None
         self._migrate()
 
     # ---- plumbing ------------------------------------------------------------------------------------------
+
+    def _claim(self) -> None:
+        """Before the first write: hold state/.lock (flock, released on close or when the process dies, even by
+        kill -9). A second writing process is refused with the pid of the first; readers never take it."""
+        if self._lock_fd is not None:
+            return
+        import fcntl
+        fd = os.open(self.dir / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 32).decode(errors="replace").strip() or "?"
+            os.close(fd)
+            raise StateBusy(f"{self.dir} is in use by pid {holder} (another sleepy): let it finish, or give this "
+                            "one another --state") from None
+        os.ftruncate(fd, 0)
+        os.write(fd, str(os.getpid()).encode())
+        self._lock_fd = fd
 
     def _migrate(self) -> None:
         with self._lock:
             info = self._meta.table("schema")
             current = (info.get(doc_id=1) or {}).get("version", 0)
+            if current != SCHEMA_VERSION:
+                self._claim()
             for version in range(current + 1, SCHEMA_VERSION + 1):
                 MIGRATIONS[version](self)
             if current != SCHEMA_VERSION:
@@ -163,6 +195,9 @@ class Store:
 
     def flush(self) -> None:
         with self._lock:
+            if self._lock_fd is None and (self._meta.storage._cache_modified_count or any(
+                    db.storage._cache_modified_count for db in self._episode_dbs.values())):
+                self._claim()
             self._meta.storage.flush()
             for db in self._episode_dbs.values():
                 db.storage.flush()
@@ -174,17 +209,22 @@ class Store:
                 db.close()
             self._meta.close()
             self._episode_dbs.clear()
+            if self._lock_fd is not None:
+                os.close(self._lock_fd)
+                self._lock_fd = None
 
     # ---- episodes ------------------------------------------------------------------------------------------
 
     def add_episode(self, ep: Episode | dict) -> None:
         doc = ep.to_dict() if isinstance(ep, Episode) else dict(ep)
         with self._lock:
+            self._claim()
             self._episodes_db(doc["run_id"]).table("episodes").insert(doc)
 
     def add_episodes(self, eps: list[Episode | dict]) -> None:
         docs = [e.to_dict() if isinstance(e, Episode) else dict(e) for e in eps]
         with self._lock:
+            self._claim()
             by_run: dict[str, list[dict]] = {}
             for d in docs:
                 by_run.setdefault(d["run_id"], []).append(d)
@@ -207,6 +247,7 @@ class Store:
 
     def _upsert(self, table: str, key: str, doc: dict) -> None:
         with self._lock:
+            self._claim()
             self._meta.table(table).upsert(doc, Query()[key] == doc[key])
             self._meta.storage.flush()
 

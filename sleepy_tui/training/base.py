@@ -43,7 +43,8 @@ class TrainConfig:
     def from_settings(cls, s, **overrides) -> "TrainConfig":
         base = dict(steps=s.steps, learning_rate=s.learning_rate, lora_rank=s.lora_rank, lora_alpha=s.lora_alpha,
                     lora_dropout=s.lora_dropout, target_modules=tuple(s.target_modules), batch_size=s.batch_size,
-                    grad_accum=s.grad_accum, max_seq_len=s.max_seq_len, seed=s.seed)
+                    grad_accum=s.grad_accum, max_seq_len=s.max_seq_len, seed=s.seed,
+                    checkpoint_every=s.checkpoint_every)
         base.update(overrides)
         return cls(**base)
 

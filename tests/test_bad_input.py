@@ -1,0 +1,430 @@
+"""Bad input, through the CLI: each is one line naming the file or value and what to do, a non-zero exit (or a
+skip with a warning line), never a traceback, and nothing already stored is lost.
+
+Other bad-input cases live in test_cli.py, test_koans.py, test_model_output.py, test_store.py and
+test_backends_ollama.py.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import socket
+from pathlib import Path
+
+import pytest
+
+from sleepy_tui import events as ev
+from sleepy_tui.cli import main
+from sleepy_tui.store import Store
+from tests.conftest import mini_koan, write_koan
+
+
+def cli(args, capsys) -> tuple[int, str, str]:
+    try:
+        code = main(args)
+    except SystemExit as e:            # argparse's own errors
+        code = e.code
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def one_error(err: str, *needles: str) -> str:
+    """The single `error:` line of a failed command; it holds every needle."""
+    assert "Traceback" not in err, err
+    lines = [line for line in err.splitlines() if ": error:" in line]
+    assert len(lines) == 1, err
+    for n in needles:
+        assert n in lines[0], (n, lines[0])
+    return lines[0]
+
+
+def closed_port_url() -> str:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    return f"http://127.0.0.1:{port}"
+
+
+# ---- koan files ---------------------------------------------------------------------------------------------------
+
+def _listed(out: str) -> set[str]:
+    return {line.split()[0] for line in out.splitlines() if line.startswith("bc_")}
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda root: (root / "borrow_checker" / "bc_950.toml").mkdir(), "bc_950.toml: cannot read: Is a directory"),
+    (lambda root: (root / "borrow_checker" / "bc_950.toml").write_text(""), "bc_950.toml: missing field(s) id"),
+    (lambda root: (root / "borrow_checker" / "bc_950.toml").write_bytes(mini_koan("bc_950").encode() + b"\xff"),
+     "bc_950.toml: not valid UTF-8 (byte"),
+    (lambda root: write_koan(root, "bc_901", family="trait_bounds", text=mini_koan("bc_901", "trait_bounds")),
+     "trait_bounds/bc_901.toml: duplicate id 'bc_901' (also in"),
+], ids=["directory", "empty", "invalid-utf8", "duplicate-id-across-families"])
+def test_bad_koan_file_is_one_warning_and_the_rest_are_listed(koan_dir, capsys, make, message):
+    make(koan_dir)
+    code, out, err = cli(["koans", "list", "--koans", str(koan_dir)], capsys)
+    assert code == 0 and "Traceback" not in err
+    warnings = [line for line in err.splitlines() if line.startswith("warning:")]
+    assert len(warnings) == 1 and message in warnings[0], err
+    assert _listed(out) == {"bc_900", "bc_901", "bc_902"} and "3 koans" in out
+
+
+def test_broken_frozen_manifest_names_the_file(koan_dir, capsys):
+    (koan_dir / "frozen_eval.toml").write_text("[[koans]\nid = ")
+    code, _, err = cli(["koans", "list", "--koans", str(koan_dir)], capsys)
+    assert code == 2
+    one_error(err, "frozen_eval.toml: invalid TOML")
+
+
+def test_koans_flag_naming_a_file(tmp_path, capsys):
+    f = tmp_path / "koans.toml"
+    f.write_text(mini_koan("bc_901"))
+    code, _, err = cli(["koans", "list", "--koans", str(f)], capsys)
+    assert code == 2
+    one_error(err, f"{f}: no such koan folder")
+
+
+# ---- numbers on the command line ---------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("args, message", [
+    (["run", "--count", "0"], "--count must be >= 1"),
+    (["run", "--count", "-2"], "--count must be >= 1"),
+    (["run", "--count", "three"], "argument --count: invalid int value: 'three'"),
+    (["koans", "generate", "--count", "0"], "--count must be >= 1"),
+    (["eval", "--cycle", "0", "--repeats", "0"], "--repeats must be >= 1"),
+    (["eval", "--cycle", "0", "--repeats", "-1"], "--repeats must be >= 1"),
+    (["eval", "--cycle", "0", "--repeats", "2x"], "argument --repeats: invalid int value: '2x'"),
+    (["cycle", "--cycles", "0"], "--cycles must be >= 1"),
+    (["run", "--max-attempts", "0"], "max_attempts: must be > 0, got 0"),
+    (["run", "--max-attempts", "-3"], "max_attempts: must be > 0, got -3"),
+    (["run", "--max-attempts", "many"], "argument --max-attempts: invalid int value: 'many'"),
+    (["run", "--temperature", "-0.5"], "temperature: must be within 0..2, got -0.5"),
+    (["run", "--temperature", "3"], "temperature: must be within 0..2, got 3.0"),
+    (["run", "--temperature", "nan"], "temperature: must be within 0..2, got nan"),
+    (["run", "--temperature", "warm"], "argument --temperature: invalid float value: 'warm'"),
+    (["train", "--steps", "ten"], "argument --steps: invalid int value: 'ten'"),
+    (["train", "--learning-rate", "0"], "learning_rate: must be > 0, got 0.0"),
+    (["train", "--replay-share", "1.5"], "replay_share: must be within 0..1, got 1.5"),
+])
+def test_bad_number_is_one_line_and_exit_2(koan_dir, tmp_path, capsys, args, message):
+    state = tmp_path / "state"
+    code, out, err = cli(args + ["--koans", str(koan_dir), "--state", str(state)], capsys)
+    assert code == 2 and out == ""
+    one_error(err, message)
+    assert not (state / "episodes").exists() or not list((state / "episodes").iterdir())   # nothing ran
+
+
+# ---- settings files and environment -------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("toml, message", [
+    ('max_attempts = "many"', "max_attempts: expected int, got 'many'"),
+    ("temperature = [0.1, 0.2]", "temperature: expected float, got [0.1, 0.2]"),
+    ("steps = true", "steps: expected int, got True"),
+    ("memory_mb = 0", "memory_mb: must be > 0, got 0"),
+    ("backend = 7", "backend: unknown '7'"),
+    ("max_attempts = ", "invalid TOML"),
+])
+def test_config_toml_with_a_wrong_value_names_file_and_setting(_isolated_state, koan_dir, capsys, toml, message):
+    cfg = _isolated_state / "config.toml"                 # state/config.toml of this test's state folder
+    cfg.write_text(toml + "\n")
+    code, _, err = cli(["koans", "list", "--koans", str(koan_dir)], capsys)
+    assert code == 2
+    line = one_error(err, message)
+    assert str(cfg) in line or message.startswith(("backend", "memory_mb"))   # range problems name the setting
+
+
+def test_config_toml_that_is_a_directory(_isolated_state, koan_dir, capsys):
+    (_isolated_state / "config.toml").mkdir()
+    code, _, err = cli(["koans", "list", "--koans", str(koan_dir)], capsys)
+    assert code == 2
+    one_error(err, "config.toml")
+
+
+def test_config_toml_in_the_state_folder_given_by_flag_is_read(koan_dir, tmp_path, capsys):
+    state = tmp_path / "mine"
+    state.mkdir()
+    (state / "config.toml").write_text('max_attempts = "many"\n')
+    code, _, err = cli(["status", "--state", str(state)], capsys)
+    assert code == 2
+    one_error(err, "max_attempts: expected int, got 'many'")
+
+
+@pytest.mark.parametrize("var, value, message", [
+    ("SLEEPY_MAX_ATTEMPTS", "lots", "environment: max_attempts: expected int, got 'lots'"),
+    ("SLEEPY_TEMPERATURE", "hot", "environment: temperature: expected float, got 'hot'"),
+    ("SLEEPY_STEPS", "-5", "steps: must be > 0, got -5"),
+    ("SLEEPY_BACKEND", "warp-drive", "backend: unknown 'warp-drive'"),
+    ("SLEEPY_TARGET_MODULES", " , ", "target_modules: name at least one module"),
+    ("SLEEPY_REPLAY_SHARE", "1e9", "replay_share: must be within 0..1"),
+])
+def test_garbage_in_sleepy_environment_variables(koan_dir, capsys, monkeypatch, var, value, message):
+    monkeypatch.setenv(var, value)
+    code, _, err = cli(["koans", "list", "--koans", str(koan_dir)], capsys)
+    assert code == 2
+    one_error(err, message)
+
+
+# ---- Ollama down or without the model, through `sleepy run` ---------------------------------------------------
+
+def _run_ollama(koan_dir, state, capsys):
+    code, out, err = cli(["run", "--backend", "ollama", "--koans", str(koan_dir), "--state", str(state),
+                          "--count", "1"], capsys)
+    runs = Store(state).runs()
+    assert len(runs) == 1 and runs[0]["status"] == "failed"       # the attempt is on record, state intact
+    return code, err, runs[0]
+
+
+@pytest.mark.parametrize("how", ["OLLAMA_HOST", "SLEEPY_OLLAMA_HOST"])
+def test_ollama_down_says_ollama_serve(koan_dir, tmp_path, capsys, monkeypatch, how):
+    monkeypatch.delenv("OLLAMA_HOST", raising=False)
+    url = closed_port_url()
+    monkeypatch.setenv(how, url)
+    code, err, run = _run_ollama(koan_dir, tmp_path / "state", capsys)
+    assert code == 2
+    one_error(err, f"Ollama is not running at {url}: start it with `ollama serve`")
+    assert "ollama serve" in run["error"]
+
+
+def test_ollama_without_the_model_says_ollama_pull(koan_dir, tmp_path, capsys, monkeypatch):
+    from ollama_server import OllamaStub
+
+    from sleepy_tui.backends.ollama_backend import DEFAULT_MODEL
+    with OllamaStub(models=["llama3:8b"]) as server:
+        monkeypatch.setenv("OLLAMA_HOST", server.url)
+        code, err, _ = _run_ollama(koan_dir, tmp_path / "state", capsys)
+    assert code == 2
+    one_error(err, f"Ollama has no model {DEFAULT_MODEL}: run `ollama pull {DEFAULT_MODEL}`")
+
+
+def test_fake_backend_with_a_garbage_replies_file(koan_dir, tmp_path, capsys):
+    replies = tmp_path / "replies.json"
+    replies.write_text("{not json")
+    code, _, err = cli(["run", "--backend", "fake", "--model", str(replies), "--koans", str(koan_dir),
+                        "--state", str(tmp_path / "state")], capsys)
+    assert code == 2
+    one_error(err, f"fake backend: --model must be a JSON list of replies ({replies}:")
+
+
+# ---- damaged state ------------------------------------------------------------------------------------------------
+
+def _state_with_history(state: Path) -> None:
+    s = Store(state)
+    s.add_episodes([{"run_id": "day-5", "koan_id": f"bc_90{i}", "attempt": 1, "outcome": "pass", "signature": None,
+                     "split": "train", "family": "borrow_checker"} for i in range(4)])
+    for i in range(6):
+        s.save_run({"run_id": f"day-{i}", "kind": "day", "status": "done", "started": float(i)})
+    s.close()
+
+
+@pytest.mark.parametrize("damage", ["truncated", "garbage-line"])
+@pytest.mark.parametrize("which", ["sleepy.json", "episodes/day-5.json"])
+def test_damaged_state_file_then_status_recovers_and_keeps_a_backup(tmp_path, capsys, damage, which):
+    state = tmp_path / "state"
+    _state_with_history(state)
+    path = state / which
+    original = path.read_text()
+    if damage == "truncated":
+        damaged = original[: len(original) * 2 // 3]                 # a torn tail, mid-record
+    else:
+        lines = original.splitlines()
+        victim = next(i for i, line in enumerate(lines) if '"day-2"' in line or '"bc_902"' in line)
+        lines[victim] = "\x00\x00 hand edit {"                        # one record destroyed
+        damaged = "\n".join(lines) + "\n"
+    path.write_text(damaged)
+    code, out, err = cli(["status", "--state", str(state)], capsys)
+    assert code == 0 and "Traceback" not in err and "latest day run day-" in out
+    backups = list(path.parent.glob(path.name + ".corrupt-*"))
+    assert len(backups) == 1 and backups[0].read_text() == damaged   # the damaged original, kept beside it
+    json.loads(path.read_text())                                    # rewritten whole
+    warnings: list[str] = []
+    again = Store(state, on_warning=warnings.append)
+    assert warnings == []                                           # recovered once, for good
+    if which == "sleepy.json":
+        assert len(again.runs()) >= 3                                # every intact record kept
+    else:
+        assert 2 <= len(again.episodes("day-5")) <= 3
+
+
+def test_status_says_it_recovered_a_damaged_state_file(tmp_path, capsys):
+    state = tmp_path / "state"
+    _state_with_history(state)
+    path = state / "sleepy.json"
+    path.write_text(path.read_text()[:200])
+    code, _, err = cli(["status", "--state", str(state)], capsys)
+    assert code == 0
+    assert "warning:" in err and "sleepy.json: damaged; recovered" in err and ".corrupt-" in err
+
+
+def test_state_flag_naming_a_file(tmp_path, capsys):
+    f = tmp_path / "state"
+    f.write_text("not a folder")
+    code, _, err = cli(["status", "--state", str(f)], capsys)
+    assert code == 2
+    one_error(err, str(f))
+
+
+# ---- no rustc ----------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("args", [["koans", "check"], ["verify", "{fix}", "--koan", "bc_901"],
+                                  ["run", "--backend", "fake"]], ids=["koans-check", "verify", "run"])
+def test_missing_rustc_is_one_line(koan_dir, tmp_path, capsys, monkeypatch, args):
+    fix = tmp_path / "fix.rs"
+    fix.write_text("pub fn f() {}\n")
+    empty = tmp_path / "bin"
+    empty.mkdir()
+    monkeypatch.setenv("PATH", str(empty))
+    args = [a.replace("{fix}", str(fix)) for a in args]
+    code, _, err = cli(args + ["--koans", str(koan_dir), "--state", str(tmp_path / "state")], capsys)
+    assert code == 2
+    one_error(err, "'rustc' not found on PATH: install Rust (https://rustup.rs)")
+
+
+@pytest.mark.parametrize("make", [lambda p: p.mkdir(), lambda p: p.write_bytes(b"pub fn f() {}\xff\xfe\n")],
+                         ids=["directory", "invalid-utf8"])
+def test_verify_an_unreadable_file(koan_dir, tmp_path, capsys, make):
+    p = tmp_path / "fix.rs"
+    make(p)
+    code, _, err = cli(["verify", str(p), "--koan", "bc_901", "--koans", str(koan_dir)], capsys)
+    assert code == 2
+    one_error(err, f"{p}: cannot read")
+
+
+# ---- training ----------------------------------------------------------------------------------------------------
+
+def test_train_with_no_episodes(koan_dir, tmp_path, capsys):
+    code, _, err = cli(["train", "--koans", str(koan_dir), "--state", str(tmp_path / "state")], capsys)
+    assert code == 2
+    one_error(err, "no training examples: run a day first")
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory, pytestconfig):
+    """(tiny random llama folder, 8-example chat dataset)."""
+    from fixtures_training import build_tiny_llama, cached_tokenizer, write_dataset
+    root = tmp_path_factory.mktemp("bad_input_tiny")
+    model = build_tiny_llama(root / "model", cached_tokenizer(pytestconfig, root / "tokenizer"))
+    return model, write_dataset(root / "train.jsonl")
+
+
+def _config(model: Path, **kw):
+    from sleepy_tui.training.base import TrainConfig
+    return TrainConfig(**{**dict(base_model=str(model), steps=6, learning_rate=2e-2, warmup_steps=1, batch_size=2,
+                                 checkpoint_every=2, seed=0), **kw})
+
+
+def _full_disk_at_checkpoint(monkeypatch, step: int, where: str) -> None:
+    """ENOSPC while checkpoint `step` is written: its rename, or the write of its state file."""
+    import torch
+    name = f"step-{step:06d}"
+    if where == "rename":
+        real = os.replace
+
+        def replace(src, dst, *a, **k):
+            if Path(dst).name == name:
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(dst))
+            return real(src, dst, *a, **k)
+        monkeypatch.setattr(os, "replace", replace)
+    else:
+        real_save = torch.save
+
+        def save(obj, f, *a, **k):
+            if isinstance(obj, dict) and obj.get("step") == step:
+                Path(f).write_bytes(b"\x80partial")                   # a torn file, then the disk is full
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(f))
+            return real_save(obj, f, *a, **k)
+        monkeypatch.setattr(torch, "save", save)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("where", ["rename", "write"])
+def test_full_disk_while_writing_a_checkpoint_keeps_the_previous_one(tiny, tmp_path, monkeypatch, where):
+    from safetensors.torch import load_file
+
+    from sleepy_tui.training.torch_trainer import TorchTrainer, checkpoints
+    model, data = tiny
+    whole = TorchTrainer().train(data, _config(model), tmp_path / "whole", on_event=ev.ignore, resume=False)
+    out = tmp_path / "run"
+    _full_disk_at_checkpoint(monkeypatch, 4, where)
+    events: list = []
+    with pytest.raises(OSError) as e:
+        TorchTrainer().train(data, _config(model), out, on_event=events.append, resume=False)
+    assert e.value.errno == errno.ENOSPC
+    assert isinstance(events[-1], ev.TrainError) and "No space left on device" in events[-1].message
+    assert [x.step for x in events if isinstance(x, ev.CheckpointSaved)] == [2]
+    monkeypatch.undo()
+    # the previous checkpoint is intact, the failed one left nothing behind
+    assert [s for s, _ in checkpoints(out)] == [2]
+    assert not list((out / "checkpoints").glob(".tmp-*")) and not (out / "checkpoints" / "step-000004").exists()
+    load_file(str(checkpoints(out)[0][1] / "adapter_model.safetensors"))
+    # ... and usable: the resumed run ends like an unbroken one
+    events = []
+    last = TorchTrainer().train(data, _config(model), out, on_event=events.append, resume=True)
+    assert events[0].resumed_from == 2 and last.steps == 6
+    assert last.losses == pytest.approx(whole.losses, rel=1e-5)
+    a, b = load_file(str(out / "adapter" / "adapter_model.safetensors")), \
+        load_file(str(tmp_path / "whole" / "adapter" / "adapter_model.safetensors"))
+    import torch
+    assert a.keys() == b.keys() and all(torch.allclose(a[k], b[k], rtol=1e-5, atol=1e-6) for k in a)
+
+
+def _seed_day(state: Path, koans: Path) -> None:
+    from fixtures_training import PAIRS, SYSTEM
+    s = Store(state)
+    for i, (buggy, fixed) in enumerate(PAIRS):
+        write_koan(koans, f"bc_{940 + i}")
+        s.add_episode({"run_id": "day-1", "koan_id": f"bc_{940 + i}", "family": "borrow_checker", "split": "train",
+                       "attempt": 1, "outcome": "pass", "signature": None, "code": fixed,
+                       "prompt": [{"role": "system", "content": SYSTEM},
+                                  {"role": "user", "content": f"Fix this program:\n```rust\n{buggy}\n```"}]})
+    s.close()
+
+
+@pytest.mark.slow
+def test_sleepy_train_on_a_full_disk_is_one_line(tiny, tmp_path, capsys, monkeypatch):
+    from sleepy_tui.training.base import TrainConfig
+    state, koans = tmp_path / "state", tmp_path / "koans"
+    _seed_day(state, koans)
+    orig = TrainConfig.from_settings.__func__
+    monkeypatch.setattr(TrainConfig, "from_settings",
+                        classmethod(lambda cls, s, **o: orig(cls, s, **{"checkpoint_every": 2, **o})))
+    _full_disk_at_checkpoint(monkeypatch, 4, "rename")
+    code, _, err = cli(["train", "--backend", "transformers", "--model", str(tiny[0]), "--steps", "6",
+                        "--koans", str(koans), "--state", str(state)], capsys)
+    assert code == 2
+    one_error(err, "No space left on device")
+    assert "training failed: OSError" in err
+
+
+def test_resume_when_the_last_training_finished(koan_dir, tmp_path, capsys, monkeypatch):
+    from sleepy_tui.training import torch_trainer
+    started = []
+
+    def train(self, *a, **k):
+        started.append(a)
+        raise ValueError("a new training started")
+    monkeypatch.setattr(torch_trainer.TorchTrainer, "train", train)
+    state = tmp_path / "state"
+    data = state / "datasets" / "d.jsonl"
+    data.parent.mkdir(parents=True)
+    data.write_text(json.dumps({"messages": [{"role": "user", "content": "x"},
+                                             {"role": "assistant", "content": "y"}]}) + "\n")
+    s = Store(state)
+    s.set_value("latest_dataset", {"path": str(data), "hash": "d", "examples": 1, "by_provenance": {}})
+    s.save_adapter({"adapter_id": "c001-done", "steps": 60, "stopped": False, "created": 1.0})
+    s.close()
+    code, _, err = cli(["train", "--resume", "--koans", str(koan_dir), "--state", str(state)], capsys)
+    assert code == 2 and not started
+    one_error(err, "nothing to resume")
+
+
+def test_resume_when_the_dataset_file_is_gone(koan_dir, tmp_path, capsys):
+    state = tmp_path / "state"
+    s = Store(state)
+    s.set_value("latest_dataset", {"path": str(state / "datasets" / "gone.jsonl"), "hash": "gone", "examples": 3,
+                                   "by_provenance": {}})
+    s.set_value("training_adapter_id", "c001-interrupted")
+    s.close()
+    code, _, err = cli(["train", "--resume", "--koans", str(koan_dir), "--state", str(state)], capsys)
+    assert code == 2
+    one_error(err, "gone.jsonl")
