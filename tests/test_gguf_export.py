@@ -71,7 +71,8 @@ def test_q_and_k_rows_follow_llama_cpp_order(tiny_base, tmp_path):
         assert np.array_equal(got, permute_for_llama_cpp(b, heads))
         # the update B @ A gets exactly the row order llama.cpp's converter gives the base weight
         assert np.allclose(got @ a, permute_for_llama_cpp(b @ a, heads))
-    for module, name in (("self_attn.v_proj", "attn_v"), ("self_attn.o_proj", "attn_output"), ("mlp.up_proj", "ffn_up")):
+    for module, name in (("self_attn.v_proj", "attn_v"), ("self_attn.o_proj", "attn_output"),
+                         ("mlp.up_proj", "ffn_up")):
         assert np.array_equal(tensors[f"blk.1.{name}.weight.lora_b"], peft[key.format(module, "B")])
 
 
@@ -141,18 +142,22 @@ def test_trained_adapter_exports(tmp_path, pytestconfig):
     assert meta["adapter.lora.alpha"] == 32.0 and len(tensors) == 2 * 2 * 4
 
 
-# ---- slow: llama.cpp and the real model ------------------------------------------------------------------------------------
+# ---- slow: llama.cpp and the real model ------------------------------------------------------------------------------
 
 @pytest.fixture(scope="session")
 def real_cache(tmp_path_factory) -> Path:
-    """Shared by the slow tests of both modules: the embedded GGUF is converted once a session."""
-    return tmp_path_factory.getbasetemp() / "sleepy-model-cache"
+    """Shared by the slow tests of both modules: the embedded GGUF is converted once a session (30-60 s), or
+    once for good with $SLEEPY_CACHE_DIR set."""
+    import os
+    env = os.environ.get("SLEEPY_CACHE_DIR")
+    return Path(env) if env else tmp_path_factory.getbasetemp() / "sleepy-model-cache"
 
 
-def _llama(lora: Path | None = None):
+def _llama(lora: Path | None = None, logits_all: bool = False):
     llama_cpp = pytest.importorskip("llama_cpp")
     from sleepy_tui.training.base_model import embedded_gguf_path
-    kw = dict(model_path=str(embedded_gguf_path()), n_ctx=512, n_threads=2, seed=0, verbose=False, logits_all=True)
+    kw = dict(model_path=str(embedded_gguf_path()), n_ctx=256, n_threads=1, seed=0, verbose=False,
+              logits_all=logits_all)
     if lora is not None:
         kw["lora_path"] = str(lora)
     return llama_cpp.Llama(**kw)
@@ -173,7 +178,7 @@ def test_llama_cpp_loads_the_export_and_its_output_changes(tmp_path):
     gguf = export_gguf_lora(adapter, tmp_path / "adapter.gguf", base_gguf=embedded_gguf_path())
 
     def greedy(llm) -> str:
-        out = llm.create_chat_completion(messages=PROMPT, max_tokens=16, temperature=0, seed=0)
+        out = llm.create_chat_completion(messages=PROMPT, max_tokens=8, temperature=0, seed=0)
         return out["choices"][0]["message"]["content"]
 
     plain, tuned = greedy(_llama()), greedy(_llama(gguf))
@@ -209,7 +214,7 @@ def test_llama_cpp_applies_the_adapter_as_peft_does(real_cache, tmp_path):
         hf_lora = PeftModel.from_pretrained(model, str(adapter)).eval()(torch.tensor([ids])).logits[0, -1].numpy()
 
     def cpp(lora):
-        llm = _llama(lora)
+        llm = _llama(lora, logits_all=True)
         llm.eval(ids)
         return np.array(llm.scores[len(ids) - 1])
 

@@ -205,7 +205,7 @@ def test_resuming_a_finished_run_trains_nothing(unbroken, tiny):
     assert not [e for e in events if isinstance(e, ev.TrainStep)]
 
 
-# ---- stop, crash, resume -----------------------------------------------------------------------------------------------
+# ---- stop, crash, resume ---------------------------------------------------------------------------------------------
 
 def test_stop_crash_and_resume_end_like_an_unbroken_run(tiny, unbroken, tmp_path):
     out = tmp_path / "run"
@@ -301,12 +301,14 @@ def test_errors_are_reported_then_raised(tiny, tmp_path):
     assert isinstance(events[-1], ev.TrainError) and "max_seq_len" in events[-1].message
 
 
-# ---- slow: the real base, and two processes ------------------------------------------------------------------------------
+# ---- slow: the real base, and two processes --------------------------------------------------------------------------
 
 @pytest.fixture(scope="session")
 def real_cache(tmp_path_factory) -> Path:
-    """Shared by the slow tests of both modules: the embedded GGUF is converted once a session."""
-    return tmp_path_factory.getbasetemp() / "sleepy-model-cache"
+    """Shared by the slow tests of both modules: the embedded GGUF is converted once a session (30-60 s), or
+    once for good with $SLEEPY_CACHE_DIR set."""
+    env = os.environ.get("SLEEPY_CACHE_DIR")
+    return Path(env) if env else tmp_path_factory.getbasetemp() / "sleepy-model-cache"
 
 
 @pytest.mark.slow
@@ -314,7 +316,7 @@ def test_real_smollm2_trains_and_exports(real_cache, tmp_path):
     """A few steps on the embedded SmolLM2-135M (de-quantized from its GGUF), then the GGUF export loads in
     llama.cpp next to the same GGUF."""
     from sleepy_tui.training.gguf_export import export_gguf_lora
-    data = write_dataset(tmp_path / "train.jsonl", varied_rows(8))
+    data = write_dataset(tmp_path / "train.jsonl")
     cfg = TrainConfig(steps=3, batch_size=2, max_seq_len=256, learning_rate=1e-3, warmup_steps=1, checkpoint_every=2)
     events: list = []
     result = TorchTrainer(cache_dir=real_cache).train(data, cfg, tmp_path / "run", on_event=events.append,
@@ -326,26 +328,36 @@ def test_real_smollm2_trains_and_exports(real_cache, tmp_path):
     gguf = export_gguf_lora(result.adapter_dir, tmp_path / "adapter.gguf")
     llama_cpp = pytest.importorskip("llama_cpp")
     from sleepy_tui.training.base_model import embedded_gguf_path
-    llm = llama_cpp.Llama(model_path=str(embedded_gguf_path()), lora_path=str(gguf), n_ctx=256, verbose=False)
+    llm = llama_cpp.Llama(model_path=str(embedded_gguf_path()), lora_path=str(gguf), n_ctx=256, n_threads=1,
+                          verbose=False)
     assert llm.create_completion("fn main() {", max_tokens=4, temperature=0)["choices"][0]["text"] is not None
 
 
 @pytest.mark.slow
 def test_accelerate_launch_two_cpu_processes(tiny, tmp_path):
-    """Runnable unchanged under `accelerate launch`: two CPU processes (gloo) split the batches; rank 0 writes."""
+    """Runnable unchanged under `accelerate launch`: two CPU processes (gloo) split the batches; rank 0 writes.
+
+    (`--multi_gpu` is what makes accelerate start local processes; without a GPU they run on the CPU.
+    `accelerate launch --cpu` starts one process.)"""
     pytest.importorskip("accelerate")
     model, data = tiny
     out = tmp_path / "run"
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--cpu", "--num_processes", "2",
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
            "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
            "-m", "sleepy_tui.training.torch_trainer", str(data), str(out), "--base-model", str(model),
            "--steps", "6", "--batch-size", "2", "--checkpoint-every", "3", "--learning-rate", "0.02"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "ACCELERATE_USE_CPU": "true"}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=240)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
     lines = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
     kinds = [e["kind"] for e in lines]
     assert kinds.count("TrainStep") == 6 and kinds[-1] == "TrainDone"   # events from rank 0 only
     assert json.loads((out / "train_config.json").read_text())["world_size"] == 2
+    # 6 steps x 2 processes x 2 examples = 3 epochs of the 8 examples: each example seen 3 times, so the
+    # processes took different batches
+    from transformers import AutoTokenizer
+    tok = AutoTokenizer.from_pretrained(model)
+    total = sum(len(encode_example(tok, r["messages"])[0]) for r in chat_rows())
+    assert json.loads((out / "train_stats.json").read_text())["useful_tokens"] == 3 * total
     assert (out / "adapter" / "adapter_model.safetensors").is_file()
     assert [s for s, _ in checkpoints(out)] == [3, 6]

@@ -57,10 +57,17 @@ def default_cache_dir() -> Path:
 
 
 def pick_device(preferred: str = "") -> str:
-    """`preferred` if given, else cuda, then mps, then cpu."""
-    if preferred:
-        return preferred
+    """`preferred` if given (checked), else cuda, then mps, then cpu."""
     import torch
+    if preferred:
+        kind = preferred.split(":")[0]
+        if kind == "cuda" and not torch.cuda.is_available():
+            raise TrainingUnavailable(f"device {preferred!r}: this torch ({torch.__version__}) sees no CUDA GPU")
+        if kind == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+            raise TrainingUnavailable(f"device {preferred!r}: MPS is not available here")
+        if kind not in ("cpu", "cuda", "mps", "xpu"):
+            raise TrainingUnavailable(f"device: unknown {preferred!r} (cpu | cuda | cuda:N | mps, or empty)")
+        return preferred
     if torch.cuda.is_available():
         return "cuda"
     mps = getattr(torch.backends, "mps", None)
@@ -147,8 +154,9 @@ def hf_dir_for_gguf(gguf: Path, cache_dir: str | os.PathLike | None = None) -> P
         save_file(state, str(tmp / "model.safetensors"), metadata={"format": "pt"})
         (tmp / "config.json").write_text(json.dumps(config, indent=2, default=str))
         (tmp / "source.json").write_text(json.dumps({"gguf": str(gguf), "key": gguf_key(gguf)}, indent=2))
-        if out.exists():                            # a half-written or stale copy
-            shutil.rmtree(out, ignore_errors=True)
+        if _is_model_dir(out) and (out / "tokenizer_config.json").is_file():
+            return out                              # another process wrote it meanwhile: keep theirs
+        shutil.rmtree(out, ignore_errors=True)      # a half-written copy
         os.replace(tmp, out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -174,7 +182,7 @@ def source_gguf(base_model: str = "") -> Path | None:
     return path if kind == "gguf" else None
 
 
-def load_base(base_model: str = "", *, cache_dir: str | os.PathLike | None = None, device: str = "cpu",
+def load_base(base_model: str = "", *, cache_dir: str | os.PathLike | None = None, device: str = "",
               dtype=None):
     """(model, tokenizer) of the base, float32 (or `dtype`) on `device` ("": cuda, then mps, then cpu)."""
     import torch
