@@ -16,7 +16,7 @@ run: $(STAMP)
 	$(VENV)/bin/sleepy
 
 test: $(STAMP)
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n auto
 
 bench: $(STAMP)
 	for b in bench/bench_*.py; do $(PY) $$b || exit 1; done

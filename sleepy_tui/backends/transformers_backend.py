@@ -20,15 +20,12 @@ _MODELS = ModelCache()
 
 
 def pick_device(preferred: str = "") -> str:
-    import torch
-    if preferred:
-        return preferred
-    if torch.cuda.is_available():
-        return "cuda"
-    mps = getattr(torch.backends, "mps", None)
-    if mps is not None and mps.is_available():
-        return "mps"
-    return "cpu"
+    from ..devices import DeviceError
+    from ..devices import pick_device as pick
+    try:
+        return pick(preferred)
+    except DeviceError as e:
+        raise BackendUnavailable(str(e)) from None
 
 
 def resolve_source(model: str) -> tuple[str, str | None]:

@@ -105,3 +105,21 @@ def read_dataset(path: Path) -> list[dict]:
     if not rows:
         raise ValueError(f"{path}: no examples")
     return rows
+
+
+def encode_rows(rows: list[dict], encode, max_seq_len: int, dataset: Path, emit) -> list[tuple[list[int], int]]:
+    """(tokens, reply offset) per example, cut to max_seq_len; examples with no reply token left are skipped
+    (with a warning event). `encode(messages) -> (tokens, offset)` is the trainer's own tokenization."""
+    from ..events import Notice
+    examples = []
+    for row in rows:
+        toks, offset = encode(row["messages"])
+        toks = toks[:max_seq_len]
+        if offset < len(toks):        # something of the reply is left after truncation
+            examples.append((toks, offset))
+    if not examples:
+        raise ValueError(f"{dataset}: no example has reply tokens within max_seq_len={max_seq_len}")
+    if len(examples) < len(rows):
+        emit(Notice("warning", f"{len(rows) - len(examples)} of {len(rows)} examples skipped: their prompt fills "
+                               f"max_seq_len={max_seq_len}"))
+    return examples

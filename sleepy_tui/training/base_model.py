@@ -58,22 +58,12 @@ def default_cache_dir() -> Path:
 
 def pick_device(preferred: str = "") -> str:
     """`preferred` if given (checked), else cuda, then mps, then cpu."""
-    import torch
-    if preferred:
-        kind = preferred.split(":")[0]
-        if kind == "cuda" and not torch.cuda.is_available():
-            raise TrainingUnavailable(f"device {preferred!r}: this torch ({torch.__version__}) sees no CUDA GPU")
-        if kind == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
-            raise TrainingUnavailable(f"device {preferred!r}: MPS is not available here")
-        if kind not in ("cpu", "cuda", "mps", "xpu"):
-            raise TrainingUnavailable(f"device: unknown {preferred!r} (cpu | cuda | cuda:N | mps, or empty)")
-        return preferred
-    if torch.cuda.is_available():
-        return "cuda"
-    mps = getattr(torch.backends, "mps", None)
-    if mps is not None and mps.is_available():
-        return "mps"
-    return "cpu"
+    from ..devices import DeviceError
+    from ..devices import pick_device as pick
+    try:
+        return pick(preferred)
+    except DeviceError as e:
+        raise TrainingUnavailable(str(e)) from None
 
 
 def _dtype_kwarg() -> str:

@@ -33,7 +33,7 @@ from pathlib import Path
 
 from .. import events as ev
 from ..backends.mlx_backend import mlx_config_fixes
-from .base import TrainConfig, TrainingUnavailable, TrainResult, read_dataset
+from .base import TrainConfig, TrainingUnavailable, TrainResult, encode_rows, read_dataset
 
 ADAPTER_WEIGHTS = "adapters.safetensors"
 ADAPTER_CONFIG = "adapter_config.json"
@@ -524,18 +524,8 @@ class MlxTrainer:
 
     @staticmethod
     def _encode(rows: list[dict], tokenizer, config: TrainConfig, dataset: Path, on_event) -> list:
-        examples = []
-        for row in rows:
-            toks, offset = encode_example(tokenizer, row["messages"])
-            toks = toks[:config.max_seq_len]
-            if offset < len(toks):        # something of the reply is left after truncation
-                examples.append((toks, offset))
-        if not examples:
-            raise ValueError(f"{dataset}: no example has reply tokens within max_seq_len={config.max_seq_len}")
-        if len(examples) < len(rows):
-            on_event(ev.Notice("warning", f"{len(rows) - len(examples)} of {len(rows)} examples skipped: their "
-                                          f"prompt fills max_seq_len={config.max_seq_len}"))
-        return examples
+        return encode_rows(rows, lambda messages: encode_example(tokenizer, messages), config.max_seq_len,
+                           dataset, on_event)
 
     @staticmethod
     def _device(name: str):

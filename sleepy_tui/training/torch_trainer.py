@@ -40,7 +40,7 @@ import time
 from pathlib import Path
 
 from .. import events as ev
-from .base import TrainConfig, TrainingUnavailable, TrainResult, read_dataset
+from .base import TrainConfig, TrainingUnavailable, TrainResult, encode_rows, read_dataset
 from .base_model import load_base, pick_device, resolve_base, source_gguf
 
 ADAPTER_CONFIG = "adapter_config.json"
@@ -674,18 +674,8 @@ class TorchTrainer:
 
     @staticmethod
     def _encode(rows: list[dict], tokenizer, config: TrainConfig, dataset: Path, emit) -> list:
-        examples = []
-        for row in rows:
-            toks, offset = encode_example(tokenizer, row["messages"])
-            toks = toks[:config.max_seq_len]
-            if offset < len(toks):        # something of the reply is left after truncation
-                examples.append((toks, offset))
-        if not examples:
-            raise ValueError(f"{dataset}: no example has reply tokens within max_seq_len={config.max_seq_len}")
-        if len(examples) < len(rows):
-            emit(ev.Notice("warning", f"{len(rows) - len(examples)} of {len(rows)} examples skipped: their "
-                                      f"prompt fills max_seq_len={config.max_seq_len}"))
-        return examples
+        return encode_rows(rows, lambda messages: encode_example(tokenizer, messages), config.max_seq_len,
+                           dataset, emit)
 
 
 def _versions() -> dict:
