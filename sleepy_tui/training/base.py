@@ -107,6 +107,29 @@ def read_dataset(path: Path) -> list[dict]:
     return rows
 
 
+def _token_ids(encoded) -> list[int]:
+    """apply_chat_template's tokens, whether it returned a list or a BatchEncoding (transformers >= 5)."""
+    if hasattr(encoded, "keys"):
+        encoded = encoded["input_ids"]
+    if hasattr(encoded, "tolist"):
+        encoded = encoded.tolist()
+    if encoded and isinstance(encoded[0], list):
+        encoded = encoded[0]
+    return [int(t) for t in encoded]
+
+
+def encode_example(tokenizer, messages: list[dict]) -> tuple[list[int], int]:
+    """(tokens of the whole chat, offset of the assistant reply): the loss covers tokens[offset:]."""
+    tokens = _token_ids(tokenizer.apply_chat_template(messages, tokenize=True))
+    prompt = _token_ids(tokenizer.apply_chat_template(messages[:-1], tokenize=True, add_generation_prompt=True))
+    offset = 0
+    for a, b in zip(tokens, prompt):   # the prompt should be a prefix; if a template breaks that, mask the shared part
+        if a != b:
+            break
+        offset += 1
+    return tokens, offset
+
+
 def encode_rows(rows: list[dict], encode, max_seq_len: int, dataset: Path, emit) -> list[tuple[list[int], int]]:
     """(tokens, reply offset) per example, cut to max_seq_len; examples with no reply token left are skipped
     (with a warning event). `encode(messages) -> (tokens, offset)` is the trainer's own tokenization."""

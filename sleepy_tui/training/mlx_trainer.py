@@ -33,7 +33,7 @@ from pathlib import Path
 
 from .. import events as ev
 from ..backends.mlx_backend import mlx_config_fixes
-from .base import TrainConfig, TrainingUnavailable, TrainResult, encode_rows, read_dataset
+from .base import TrainConfig, TrainingUnavailable, TrainResult, encode_example, encode_rows, read_dataset
 
 ADAPTER_WEIGHTS = "adapters.safetensors"
 ADAPTER_CONFIG = "adapter_config.json"
@@ -132,18 +132,6 @@ def adapter_config(config: TrainConfig, model, base_dir: Path) -> dict:
 
 
 # ---- data --------------------------------------------------------------------------------------------------------
-
-def encode_example(tokenizer, messages: list[dict]) -> tuple[list[int], int]:
-    """(tokens of the whole chat, offset of the assistant reply): the loss covers tokens[offset:]."""
-    tokens = list(tokenizer.apply_chat_template(messages, return_dict=False))
-    prompt = list(tokenizer.apply_chat_template(messages[:-1], add_generation_prompt=True, return_dict=False))
-    offset = 0
-    for a, b in zip(tokens, prompt):   # the prompt should be a prefix; if a template breaks that, mask the shared part
-        if a != b:
-            break
-        offset += 1
-    return tokens, offset
-
 
 class DataOrder:
     """Which examples each batch takes: a fresh permutation per epoch, from (seed, epoch) alone.

@@ -40,7 +40,7 @@ import time
 from pathlib import Path
 
 from .. import events as ev
-from .base import TrainConfig, TrainingUnavailable, TrainResult, encode_rows, read_dataset
+from .base import TrainConfig, TrainingUnavailable, TrainResult, encode_example, encode_rows, read_dataset
 from .base_model import load_base, pick_device, resolve_base, source_gguf
 
 ADAPTER_CONFIG = "adapter_config.json"
@@ -70,29 +70,6 @@ def torch_problem() -> str | None:
 
 
 # ---- data ----------------------------------------------------------------------------------------------------------
-
-def _token_ids(encoded) -> list[int]:
-    """apply_chat_template's tokens, whether it returned a list or a BatchEncoding (transformers >= 5)."""
-    if hasattr(encoded, "keys"):
-        encoded = encoded["input_ids"]
-    if hasattr(encoded, "tolist"):
-        encoded = encoded.tolist()
-    if encoded and isinstance(encoded[0], list):
-        encoded = encoded[0]
-    return [int(t) for t in encoded]
-
-
-def encode_example(tokenizer, messages: list[dict]) -> tuple[list[int], int]:
-    """(tokens of the whole chat, offset of the assistant reply): the loss covers tokens[offset:]."""
-    tokens = _token_ids(tokenizer.apply_chat_template(messages, tokenize=True))
-    prompt = _token_ids(tokenizer.apply_chat_template(messages[:-1], tokenize=True, add_generation_prompt=True))
-    offset = 0
-    for a, b in zip(tokens, prompt):   # the prompt should be a prefix; if a template breaks that, mask the shared part
-        if a != b:
-            break
-        offset += 1
-    return tokens, offset
-
 
 def reply_labels(tokens: list[int], offset: int) -> list[int]:
     """Labels for `tokens`: IGNORE on the prompt, the token itself on the reply."""
