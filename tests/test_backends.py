@@ -211,6 +211,28 @@ def test_embedded_falls_back_to_transformers_when_llama_cpp_does_not_import(monk
         EmbeddedBackend(engine="llama.cpp")
 
 
+def test_extra_buffer_types_are_off_on_cpus_with_amx(monkeypatch):
+    from sleepy_tui.backends import embedded
+    assert embedded.cpu_has_amx("processor\t: 0\nflags\t\t: fpu sse2 avx2 amx_bf16 amx_tile amx_int8\n")
+    assert not embedded.cpu_has_amx("processor\t: 0\nflags\t\t: fpu sse2 avx2 avx512f\n")
+    monkeypatch.delenv("SLEEPY_LLAMA_EXTRA_BUFTS", raising=False)
+    monkeypatch.setattr(embedded, "cpu_has_amx", lambda cpuinfo=None: True)
+    assert embedded.use_extra_buffer_types() is False
+    monkeypatch.setattr(embedded, "cpu_has_amx", lambda cpuinfo=None: False)
+    assert embedded.use_extra_buffer_types() is True
+    monkeypatch.setenv("SLEEPY_LLAMA_EXTRA_BUFTS", "0")
+    assert embedded.use_extra_buffer_types() is False
+
+
+def test_llama_model_params_sets_fields_only_inside_the_block():
+    raw = pytest.importorskip("llama_cpp.llama_cpp")
+    from sleepy_tui.backends.embedded import llama_model_params
+    before = raw.llama_model_default_params().use_extra_bufts
+    with llama_model_params(use_extra_bufts=not before, no_such_field=1):
+        assert raw.llama_model_default_params().use_extra_bufts is (not before)
+    assert raw.llama_model_default_params().use_extra_bufts is before
+
+
 # ---- embedded (real generation) -------------------------------------------------------------------------------
 
 @pytest.mark.slow

@@ -154,13 +154,14 @@ def real_cache(tmp_path_factory) -> Path:
 
 
 def _llama(lora: Path | None = None, logits_all: bool = False):
-    llama_cpp = pytest.importorskip("llama_cpp")
+    pytest.importorskip("llama_cpp")
+    from sleepy_tui.backends.embedded import new_llama
     from sleepy_tui.training.base_model import embedded_gguf_path
     kw = dict(model_path=str(embedded_gguf_path()), n_ctx=256, n_threads=1, seed=0, verbose=False,
               logits_all=logits_all)
     if lora is not None:
         kw["lora_path"] = str(lora)
-    return llama_cpp.Llama(**kw)
+    return new_llama(**kw)
 
 
 PROMPT = [{"role": "user", "content": "Write a Rust function that adds two numbers."}]

@@ -326,9 +326,10 @@ def test_real_smollm2_trains_and_exports(real_cache, tmp_path):
     print(f"\nSmolLM2-135M, CPU: {stats['tokens_per_s']:.0f} tokens/s, padding {stats['padding_share']:.1%}, "
           f"peak RSS {stats['peak_rss_mib']:.0f} MiB")
     gguf = export_gguf_lora(result.adapter_dir, tmp_path / "adapter.gguf")
-    llama_cpp = pytest.importorskip("llama_cpp")
+    pytest.importorskip("llama_cpp")
+    from sleepy_tui.backends.embedded import new_llama
     from sleepy_tui.training.base_model import embedded_gguf_path
-    llm = llama_cpp.Llama(model_path=str(embedded_gguf_path()), lora_path=str(gguf), n_ctx=256, n_threads=1,
+    llm = new_llama(model_path=str(embedded_gguf_path()), lora_path=str(gguf), n_ctx=256, n_threads=1,
                           verbose=False)
     assert llm.create_completion("fn main() {", max_tokens=4, temperature=0)["choices"][0]["text"] is not None
 

@@ -10,6 +10,7 @@ plain safetensors copy once, for loaders that cannot read GGUF (mlx-lm).
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
 import os
@@ -57,6 +58,63 @@ def default_threads() -> int:
     except AttributeError:  # macOS, Windows
         cpus = os.cpu_count() or 1
     return max(1, cpus - 1)
+
+
+def cpu_has_amx(cpuinfo: str | None = None) -> bool:
+    """Whether the CPU advertises Intel AMX (Linux: the `amx_tile` flag in /proc/cpuinfo)."""
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text()
+        except OSError:
+            return False
+    return any(line.startswith("flags") and "amx_tile" in line.split() for line in cpuinfo.splitlines())
+
+
+def use_extra_buffer_types() -> bool:
+    """Whether llama.cpp may move weights into its "extra" CPU buffer types (AMX tiles, repacked Q4 blocks).
+
+    Off on CPUs with AMX: llama.cpp compiles its AMX kernels in when the build machine has AMX, and with
+    llama-cpp-python 0.3.36 they crashed the process (SIGSEGV in ggml_backend_amx_mul_mat) at the first token
+    on a 2-CPU Sapphire Rapids VM. Plain CPU kernels ran the same model at 40 tokens/s on 1 thread there.
+    SLEEPY_LLAMA_EXTRA_BUFTS=1 (or 0) decides instead."""
+    forced = os.environ.get("SLEEPY_LLAMA_EXTRA_BUFTS", "").strip()
+    if forced in ("0", "1"):
+        return forced == "1"
+    return not cpu_has_amx()
+
+
+_PARAMS_LOCK = threading.Lock()
+
+
+@contextlib.contextmanager
+def llama_model_params(**fields) -> Iterator[None]:
+    """Construct `llama_cpp.Llama` objects inside this block to set model parameters its constructor doesn't take.
+
+    `Llama.__init__` starts from `llama_model_default_params()`; the block wraps that function so the fields given
+    here (those this llama.cpp build has) are set on its result."""
+    import llama_cpp.llama_cpp as raw
+    with _PARAMS_LOCK:
+        original = raw.llama_model_default_params
+
+        def defaults():
+            params = original()
+            for name, value in fields.items():
+                if hasattr(params, name):
+                    setattr(params, name, value)
+            return params
+
+        raw.llama_model_default_params = defaults
+        try:
+            yield
+        finally:
+            raw.llama_model_default_params = original
+
+
+def new_llama(**kwargs):
+    """`llama_cpp.Llama(**kwargs)` with the model parameters this machine needs (see use_extra_buffer_types)."""
+    import llama_cpp
+    with llama_model_params(use_extra_bufts=use_extra_buffer_types()):
+        return llama_cpp.Llama(**kwargs)
 
 
 def llama_cpp_problem() -> str | None:
@@ -156,7 +214,6 @@ class EmbeddedBackend(Backend):
         return _LLAMAS.get(key, self._load_llama)
 
     def _load_llama(self):
-        import llama_cpp
         from llama_cpp.llama_chat_format import Jinja2ChatFormatter
         # use_mmap=False: read the 100 MB of weights into memory once. Mapped weights are file cache that the
         # kernel may drop between replies, and faulting them back in page by page is slow on small VMs.
@@ -166,7 +223,7 @@ class EmbeddedBackend(Backend):
             kwargs["lora_path"] = str(self.adapter)
         try:
             with quiet():
-                llm = llama_cpp.Llama(**kwargs)
+                llm = new_llama(**kwargs)
         except (ValueError, RuntimeError, OSError) as e:
             what = f"{self.path}" + (f" with adapter {self.adapter}" if self.adapter else "")
             raise BackendUnavailable(f"llama.cpp could not load {what}: {str(e).splitlines()[0]}") from None
