@@ -351,9 +351,7 @@ def cmd_run(args) -> int:
         if frozen:
             raise CliError(f"{', '.join(frozen)} belong(s) to the frozen eval set; use `sleepy eval` for those")
     else:
-        koans = corpus.select(split="train", family=args.family)
-    if args.count:
-        koans = koans[: args.count]
+        koans = corpus.day_queue(args.count, family=args.family)
     if not koans:
         raise CliError("no koans match")
     return _agent_run(args, koans, kind="day", cycle=args.cycle)

@@ -208,7 +208,7 @@ class Engine:
         baseline = self.baseline_eval(on_event=on_event, cancel=cancel)
         n = self.current_cycle() + 1
         corpus = self.corpus()
-        koans = corpus.train_set[:day_count] if day_count else corpus.train_set
+        koans = corpus.day_queue(day_count)
         day = self.run_agent(koans, kind="day", cycle=n, on_event=on_event, cancel=cancel)
         if day.cancelled or day.error:
             raise EngineError(day.error or "cycle cancelled during the day")

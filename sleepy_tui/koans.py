@@ -7,6 +7,7 @@ One TOML file per koan (`koans/<family>/<id>.toml`). The frozen eval set is name
 from __future__ import annotations
 
 import hashlib
+import itertools
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -114,6 +115,16 @@ class Corpus:
     @property
     def train_set(self) -> list[Koan]:
         return self.select(split="train")
+
+    def day_queue(self, count: int | None = None, family: str | None = None) -> list[Koan]:
+        """The training koans in the order a day takes them: one of each family in turn (each family in id
+        order), so that the first `count` cover every family rather than the first family alone."""
+        by_family: dict[str, list[Koan]] = {}
+        for k in self.select(split="train", family=family):
+            by_family.setdefault(k.family, []).append(k)
+        columns = [by_family[f] for f in sorted(by_family)]
+        queue = [k for row in itertools.zip_longest(*columns) for k in row if k is not None]
+        return queue[:count] if count else queue
 
 
 def read_manifest(path: Path) -> dict[str, str]:

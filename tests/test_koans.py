@@ -105,6 +105,17 @@ def test_shipped_corpus_shape():
     assert sum(not 8 <= n <= 40 for n in sizes.values()) <= 6
 
 
+def test_a_day_queue_takes_the_families_in_turn():
+    corpus = load_corpus()
+    families = sorted({k.family for k in corpus.train_set})
+    first = corpus.day_queue(len(families))
+    assert [k.family for k in first] == families               # one of each family before any second
+    assert all(k.split == "train" for k in corpus.day_queue())
+    assert sorted(k.id for k in corpus.day_queue()) == sorted(k.id for k in corpus.train_set)
+    bc = corpus.day_queue(3, family="borrow_checker")
+    assert [k.id for k in bc] == [k.id for k in corpus.select(split="train", family="borrow_checker")[:3]]
+
+
 def test_no_near_copies_between_eval_and_train():
     import difflib
     corpus = load_corpus()
