@@ -53,17 +53,17 @@ def cache_dir() -> Path:
 
 
 def tiny_model_dir() -> Path:
-    """tests/fixtures_mlx.py's random 2-layer llama over SmolLM2's tokenizer, built once into the cache (reading the
+    """tests/fixtures_training.py's random 2-layer llama over SmolLM2's tokenizer, built once into the cache (reading the
     tokenizer out of the GGUF takes 10-30 s)."""
     out = cache_dir() / "bench" / "tiny-llama-smollm2-tok"
     if (out / "config.json").is_file() and (out / "model.safetensors").is_file():
         return out
     sys.path.insert(0, str(ROOT / "tests"))
-    from fixtures_mlx import build_tiny_llama, save_tokenizer
+    from fixtures_training import build_tiny_llama, save_tokenizer
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".tiny-", dir=out.parent))
     try:
-        build_tiny_llama(tmp / "model", save_tokenizer(tmp / "tok"))
+        build_tiny_llama(tmp / "model", save_tokenizer(tmp / "tok"), init_std=0.02)
         shutil.rmtree(out, ignore_errors=True)
         os.replace(tmp / "model", out)
     finally:

@@ -98,6 +98,19 @@ def build_tiny_llama(out: Path, tokenizer_dir: Path, seed: int = 0, init_std: fl
     return out
 
 
+def run_trainer(trainer, data: Path, config, out: Path, *, events: list | None = None, stop=None, resume=True,
+                hook=None):
+    """trainer.train(...) collecting its events into `events`, calling `hook` on each (to stop or crash mid-run)."""
+    events = [] if events is None else events
+
+    def on_event(e):
+        events.append(e)
+        if hook:
+            hook(e)
+
+    return trainer.train(data, config, out, on_event=on_event, stop=stop, resume=resume)
+
+
 def random_lora_adapter(out: Path, base_config: dict, *, rank: int = 8, alpha: int = 16, std_b: float = 0.05,
                         targets: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj"), seed: int = 0,
                         base_name: str = "") -> Path:

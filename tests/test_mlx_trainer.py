@@ -19,7 +19,7 @@ from sleepy_tui import events as ev
 from sleepy_tui.training.base import TrainConfig, TrainingUnavailable
 from sleepy_tui.training.mlx_trainer import mlx_problem
 
-from fixtures_mlx import build_tiny_llama, chat_rows, save_tokenizer, write_dataset
+from fixtures_training import build_tiny_llama, cached_tokenizer, chat_rows, run_trainer, write_dataset
 
 _PROBLEM = mlx_problem()
 pytestmark = pytest.mark.skipif(_PROBLEM is not None, reason=f"mlx can't run here: {_PROBLEM}")
@@ -32,10 +32,10 @@ class Crash(RuntimeError):
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory) -> tuple[Path, Path]:
-    """(model folder, dataset file)."""
+def tiny(tmp_path_factory, pytestconfig) -> tuple[Path, Path]:
+    """(model folder, dataset file): the tiny llama with the transformers default init (std 0.02)."""
     root = tmp_path_factory.mktemp("mlx_tiny")
-    model = build_tiny_llama(root / "model", save_tokenizer(root / "tokenizer"))
+    model = build_tiny_llama(root / "model", cached_tokenizer(pytestconfig, root / "tokenizer"), init_std=0.02)
     return model, write_dataset(root / "train.jsonl")
 
 
@@ -49,14 +49,8 @@ def _config(model: Path, **kw) -> TrainConfig:
 def _train(tiny, out: Path, *, events: list | None = None, stop=None, resume=True, hook=None, **kw):
     from sleepy_tui.training.mlx_trainer import MlxTrainer
     model, data = tiny
-    events = [] if events is None else events
-
-    def on_event(e):
-        events.append(e)
-        if hook:
-            hook(e)
-
-    return MlxTrainer().train(data, _config(model, **kw), out, on_event=on_event, stop=stop, resume=resume)
+    return run_trainer(MlxTrainer(), data, _config(model, **kw), out, events=events, stop=stop, resume=resume,
+                       hook=hook)
 
 
 @pytest.fixture(scope="module")

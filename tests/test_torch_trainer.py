@@ -22,7 +22,7 @@ from sleepy_tui.training.base import TrainConfig
 from sleepy_tui.training.torch_trainer import (IGNORE, STATE_FILE, BatchPlan, TorchTrainer, checkpoints, collate,
                                                encode_example, lr_factor)
 
-from fixtures_training import build_tiny_llama, cached_tokenizer, chat_rows, varied_rows, write_dataset
+from fixtures_training import build_tiny_llama, cached_tokenizer, chat_rows, run_trainer, varied_rows, write_dataset
 
 STEPS = 30
 
@@ -55,14 +55,8 @@ def _config(model: Path, **kw) -> TrainConfig:
 
 def _train(tiny, out: Path, *, events: list | None = None, stop=None, resume=True, hook=None, **kw):
     model, data = tiny
-    events = [] if events is None else events
-
-    def on_event(e):
-        events.append(e)
-        if hook:
-            hook(e)
-
-    return TorchTrainer().train(data, _config(model, **kw), out, on_event=on_event, stop=stop, resume=resume)
+    return run_trainer(TorchTrainer(), data, _config(model, **kw), out, events=events, stop=stop, resume=resume,
+                       hook=hook)
 
 
 def _adapter_weights(folder: Path) -> dict:
