@@ -172,6 +172,28 @@ class Store:
         os.ftruncate(fd, 0)
         os.write(fd, str(os.getpid()).encode())
         self._lock_fd = fd
+        # What this process read before it held the lock may be stale (another sleepy wrote since): start the
+        # writing from the disk, so that the first write can't put old records back over newer ones.
+        storage = self._meta.storage
+        if not storage._cache_modified_count:
+            storage.cache = None
+            for name in self._meta.tables():
+                self._meta.table(name).clear_cache()    # tinydb's per-table query caches
+        self._close_orphaned_runs()
+
+    def _close_orphaned_runs(self) -> None:
+        """Runs still marked running when this process takes the lock were left by a process that died (a live
+        one would hold the lock): mark them interrupted; their finished koans stay on disk."""
+        runs = self._meta.table("runs")
+        orphans = runs.search(Query().status == "running")
+        if not orphans:
+            return
+        for run in orphans:
+            runs.update({"status": "interrupted", "error": "the process ended before the run finished"},
+                        Query().run_id == run["run_id"])
+        self._meta.storage.flush()
+        self._warn(f"{len(orphans)} run(s) left unfinished by an earlier process marked interrupted: "
+                   + ", ".join(r["run_id"] for r in orphans))
 
     def _migrate(self) -> None:
         with self._lock:

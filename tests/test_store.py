@@ -97,3 +97,31 @@ def test_values_and_tables(tmp_path):
     s.flag_koan("bc_001", "ambiguous")
     assert s.get_value("current_adapter") == "c001" and s.cycles() == [{"cycle": 1, "x": 2}]
     assert s.flags()[0]["reason"] == "ambiguous"
+
+
+def test_a_writer_starts_from_the_disk_not_from_what_it_read_before_the_lock(tmp_path):
+    Store(tmp_path).close()                       # a state folder made earlier
+    reader = Store(tmp_path)                      # opened (and read) before the other process wrote
+    assert reader.runs() == []
+    other = Store(tmp_path)
+    other.save_run({"run_id": "r1", "status": "done", "started": 1.0})
+    other.close()                                 # the lock is free again
+    reader.save_run({"run_id": "r2", "status": "done", "started": 2.0})
+    reader.close()
+    assert [r["run_id"] for r in Store(tmp_path).runs()] == ["r1", "r2"]
+
+
+def test_runs_a_dead_process_left_running_are_marked_interrupted_by_the_next_writer(tmp_path):
+    Store(tmp_path).close()
+    dead = Store(tmp_path)
+    dead.save_run({"run_id": "r1", "status": "running", "started": 1.0})
+    dead.close()                                  # as if killed: the run never finished
+    warnings: list[str] = []
+    s = Store(tmp_path, on_warning=warnings.append)
+    assert s.run("r1")["status"] == "running"     # reading alone changes nothing
+    s.save_run({"run_id": "r2", "status": "running", "started": 2.0})
+    assert s.run("r1")["status"] == "interrupted" and "ended before" in s.run("r1")["error"]
+    assert s.run("r2")["status"] == "running"     # this process's own run is live
+    assert any("r1" in w for w in warnings)
+    s.close()
+    assert Store(tmp_path).run("r1")["status"] == "interrupted"
