@@ -30,23 +30,24 @@ def dataset(path: Path, n: int) -> Path:
     return path
 
 
-def run_ours(data: Path, steps: int, batch: int, seq: int, out: Path) -> dict:
+def run_ours(data: Path, steps: int, batch: int, seq: int, out: Path, threads: int) -> dict:
     from sleepy_tui.events import TrainStep
     from sleepy_tui.training.base import TrainConfig
     from sleepy_tui.training.torch_trainer import TorchTrainer
     tokens = []
     cfg = TrainConfig(steps=steps, batch_size=batch, max_seq_len=seq, checkpoint_every=10**9, warmup_steps=1)
     t0 = time.perf_counter()
-    res = TorchTrainer().train(data, cfg, out, on_event=lambda e: tokens.append(e) if isinstance(e, TrainStep) else None,
+    res = TorchTrainer(threads=threads).train(data, cfg, out, on_event=lambda e: tokens.append(e) if isinstance(e, TrainStep) else None,
                                resume=False)
     wall = time.perf_counter() - t0
     stats = json.loads((out / "train_stats.json").read_text()) if (out / "train_stats.json").exists() else {}
     return {"wall": wall, "losses": res.losses, **stats}
 
 
-def run_baseline(data: Path, steps: int, batch: int, seq: int) -> dict:
+def run_baseline(data: Path, steps: int, batch: int, seq: int, threads: int) -> dict:
     """The loop a user would write first: peft on the same base, examples in file order, padded per batch."""
     import torch
+    torch.set_num_threads(threads)
     from peft import LoraConfig, get_peft_model
     from sleepy_tui.training.base import read_dataset
     from sleepy_tui.training.base_model import load_base
@@ -88,9 +89,9 @@ def child(args) -> int:
     data = Path(args.data)
     if args.child == "ours":
         with tempfile.TemporaryDirectory() as out:
-            r = run_ours(data, args.steps, args.batch, args.seq, Path(out))
+            r = run_ours(data, args.steps, args.batch, args.seq, Path(out), args.threads)
     elif args.child == "baseline":
-        r = run_baseline(data, args.steps, args.batch, args.seq)
+        r = run_baseline(data, args.steps, args.batch, args.seq, args.threads)
     elif args.child == "mlx-ours":
         from sleepy_tui.training.base import TrainConfig
         from sleepy_tui.training.mlx_trainer import MlxTrainer
@@ -113,14 +114,16 @@ def child(args) -> int:
                             "--steps-per-report", "1", "--val-batches", "0", "--save-every", "100000"],
                            check=True, capture_output=True)
             r = {"wall": time.perf_counter() - t0}
-    r["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    # mlx-cli trains in a child process of its own: its peak is that child's
+    who = resource.RUSAGE_CHILDREN if args.child == "mlx-cli" else resource.RUSAGE_SELF
+    r["peak_rss_mib"] = max(resource.getrusage(who).ru_maxrss, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) / 1024
     print("RESULT " + json.dumps(r))
     return 0
 
 
-def spawn(which: str, data: Path, steps: int, batch: int, seq: int) -> dict:
+def spawn(which: str, data: Path, steps: int, batch: int, seq: int, threads: int = 1) -> dict:
     out = subprocess.run([sys.executable, __file__, "--child", which, "--data", str(data), "--steps", str(steps),
-                          "--batch", str(batch), "--seq", str(seq)], capture_output=True, text=True, cwd=ROOT / "bench")
+                          "--batch", str(batch), "--seq", str(seq), "--threads", str(threads)], capture_output=True, text=True, cwd=ROOT / "bench")
     line = next((l for l in out.stdout.splitlines() if l.startswith("RESULT ")), None)
     if line is None:
         raise RuntimeError(f"{which} failed:\n{out.stderr[-3000:]}")
@@ -134,16 +137,20 @@ def main() -> int:
     ap.add_argument("--batch", type=int, default=4)
     ap.add_argument("--seq", type=int, default=1024)
     ap.add_argument("--skip-mlx", action="store_true")
+    ap.add_argument("--threads", type=int, default=0, help="torch CPU threads for both (0: the trainer's default)")
     ap.add_argument("--child")
     ap.add_argument("--data")
     args = ap.parse_args()
     if args.child:
         return child(args)
     steps, batch = (2, 2) if args.quick else (args.steps, args.batch)
+    if not args.threads:
+        from sleepy_tui.training.torch_trainer import default_threads
+        args.threads = default_threads()
     with tempfile.TemporaryDirectory() as d:
         data = dataset(Path(d, "data.jsonl"), 16 if args.quick else 64)
-        ours = spawn("ours", data, steps, batch, args.seq)
-        base = spawn("baseline", data, steps, batch, args.seq)
+        ours = spawn("ours", data, steps, batch, args.seq, args.threads)
+        base = spawn("baseline", data, steps, batch, args.seq, args.threads)
         mlx_rows = []
         if not args.skip_mlx:
             m_steps = 2 if args.quick else 5
@@ -162,7 +169,7 @@ def main() -> int:
              f"{ours['peak_rss_mib'] / base['peak_rss_mib']:.2f}x", f"{o_pad:.1%}"],
             ["hand-written peft loop", f"{b_tps:.0f}", "1.00x", f"{base['peak_rss_mib']:.0f}", "1.00x", f"{b_pad:.1%}"]]
     body = (f"SmolLM2-135M (embedded GGUF, de-quantized to fp32), LoRA r=8 on q/k/v/o, {steps} steps, batch {batch}, "
-            f"max length {args.seq}, CPU.\n\n"
+            f"max length {args.seq}, CPU, {args.threads} torch thread(s) each.\n\n"
             + table(["trainer", "useful tok/s", "throughput", "peak RSS MiB", "memory", "padding share"], rows)
             + "\n\nGoals: throughput at least 1.0x, memory at most 1.1x, padding under 10%.\n")
     if mlx_rows:
