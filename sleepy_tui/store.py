@@ -174,11 +174,11 @@ class Store:
         self._lock_fd = fd
         # What this process read before it held the lock may be stale (another sleepy wrote since): start the
         # writing from the disk, so that the first write can't put old records back over newer ones.
-        storage = self._meta.storage
-        if not storage._cache_modified_count:
-            storage.cache = None
-            for name in self._meta.tables():
-                self._meta.table(name).clear_cache()    # tinydb's per-table query caches
+        for db in (self._meta, *self._episode_dbs.values()):
+            if not db.storage._cache_modified_count:
+                db.storage.cache = None
+                for name in db.tables():
+                    db.table(name).clear_cache()        # tinydb's per-table query caches
         self._close_orphaned_runs()
 
     def _close_orphaned_runs(self) -> None:
