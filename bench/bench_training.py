@@ -37,8 +37,8 @@ def run_ours(data: Path, steps: int, batch: int, seq: int, out: Path, threads: i
     tokens = []
     cfg = TrainConfig(steps=steps, batch_size=batch, max_seq_len=seq, checkpoint_every=10**9, warmup_steps=1)
     t0 = time.perf_counter()
-    res = TorchTrainer(threads=threads).train(data, cfg, out, on_event=lambda e: tokens.append(e) if isinstance(e, TrainStep) else None,
-                               resume=False)
+    res = TorchTrainer(threads=threads).train(
+        data, cfg, out, on_event=lambda e: tokens.append(e) if isinstance(e, TrainStep) else None, resume=False)
     wall = time.perf_counter() - t0
     stats = json.loads((out / "train_stats.json").read_text()) if (out / "train_stats.json").exists() else {}
     return {"wall": wall, "losses": res.losses, **stats}
@@ -116,14 +116,16 @@ def child(args) -> int:
             r = {"wall": time.perf_counter() - t0}
     # mlx-cli trains in a child process of its own: its peak is that child's
     who = resource.RUSAGE_CHILDREN if args.child == "mlx-cli" else resource.RUSAGE_SELF
-    r["peak_rss_mib"] = max(resource.getrusage(who).ru_maxrss, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) / 1024
+    peak_kib = max(resource.getrusage(who).ru_maxrss, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+    r["peak_rss_mib"] = peak_kib / 1024
     print("RESULT " + json.dumps(r))
     return 0
 
 
 def spawn(which: str, data: Path, steps: int, batch: int, seq: int, threads: int = 1) -> dict:
     out = subprocess.run([sys.executable, __file__, "--child", which, "--data", str(data), "--steps", str(steps),
-                          "--batch", str(batch), "--seq", str(seq), "--threads", str(threads)], capture_output=True, text=True, cwd=ROOT / "bench")
+                          "--batch", str(batch), "--seq", str(seq), "--threads", str(threads)],
+                         capture_output=True, text=True, cwd=ROOT / "bench")
     line = next((l for l in out.stdout.splitlines() if l.startswith("RESULT ")), None)
     if line is None:
         raise RuntimeError(f"{which} failed:\n{out.stderr[-3000:]}")

@@ -350,6 +350,8 @@ def cmd_run(args) -> int:
         frozen = [k.id for k in koans if k.split == "eval"]
         if frozen:
             raise CliError(f"{', '.join(frozen)} belong(s) to the frozen eval set; use `sleepy eval` for those")
+        if args.count:
+            koans = koans[: args.count]
     else:
         koans = corpus.day_queue(args.count, family=args.family)
     if not koans:
