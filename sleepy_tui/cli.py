@@ -417,6 +417,22 @@ def cmd_report(args) -> int:
     return 0
 
 
+# ---- models (the table of embedded models: sleepy_tui/models.py) ------------------------------------------------
+
+def cmd_models(args) -> int:
+    from . import cli_models
+    from .models import ModelError
+    try:
+        return cli_models.run(args, _settings)
+    except ModelError as e:
+        raise CliError(str(e))
+
+
+def _models_parser(sub) -> None:
+    from . import cli_models
+    cli_models.add_parser(sub, _common).set_defaults(func=cmd_models)
+
+
 # ---- wiring --------------------------------------------------------------------------------------------------------
 
 def _model_flags(p: argparse.ArgumentParser, top: bool = False) -> None:
@@ -552,6 +568,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("status", help="cycles table and the latest run")
     _common(p)
     p.set_defaults(func=cmd_status)
+    _models_parser(sub)
     return parser
 
 

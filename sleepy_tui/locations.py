@@ -28,3 +28,19 @@ def state_dir() -> Path:
 
 def frozen_manifest(koans: Path | None = None) -> Path:
     return (koans or koans_dir()) / "frozen_eval.toml"
+
+
+def cache_dir() -> Path:
+    """$SLEEPY_CACHE_DIR, else $XDG_CACHE_HOME/sleepy-tui, else ~/.cache/sleepy-tui: what can be rebuilt or
+    re-downloaded (pulled models, de-quantized trainer bases)."""
+    env = os.environ.get("SLEEPY_CACHE_DIR")
+    if env:
+        return Path(env).expanduser()
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    return (Path(xdg).expanduser() if xdg else Path.home() / ".cache") / "sleepy-tui"
+
+
+def models_dir() -> Path:
+    """Where `sleepy models pull` puts model files: $SLEEPY_MODELS_DIR, else <cache_dir>/gguf."""
+    env = os.environ.get("SLEEPY_MODELS_DIR")
+    return Path(env).expanduser() if env else cache_dir() / "gguf"
