@@ -23,6 +23,7 @@ from textual.worker import Worker, WorkerState
 
 from ..engine import Engine, EngineError
 from ..koans import Koan
+from ..safe_text import terminal_safe
 from .errors import explain
 from .messages import (AdapterSaved, CorrectionChecked, CycleDone, DatasetReady, FailuresLoaded, HistoryLoaded,
                        JobEnded, KoanFlagged, StateLoaded, bridge)
@@ -54,6 +55,13 @@ class SleepyApp(App[int]):
         self._backend_label = ""                    # what the last run reported (e.g. "embedded:SmolLM2...")
         self._adapter_label = "none"
         self._cycle = 0
+
+    def notify(self, message: str, *, title: str = "", severity="information", timeout: float | None = None,
+               markup: bool = True) -> None:
+        # Notifications quote errors, file names and what a model or a server said: always plain text with its
+        # control characters shown (a stray `[/]` would otherwise raise, `[link=...]` would be a link).
+        super().notify(terminal_safe(message), title=terminal_safe(title), severity=severity, timeout=timeout,
+                       markup=False)
 
     def get_default_screen(self) -> Screen:
         return MainScreen(id="main")

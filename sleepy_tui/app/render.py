@@ -1,6 +1,8 @@
 """Rich renderables for what the agent did: code, diagnostics, diffs, outcomes. Pure functions, no widgets.
 
 The transcript and the failure review draw with the same helpers, so an attempt looks the same in both.
+Everything they show came from the model, rustc, a test binary or a koan file: it becomes `Text`, never markup,
+and passes `terminal_safe` first (Rich keeps ESC in a Text, and the terminal would act on it).
 """
 
 from __future__ import annotations
@@ -13,6 +15,8 @@ from rich.rule import Rule
 from rich.syntax import Syntax
 from rich.text import Text
 
+from ..safe_text import terminal_safe
+
 LEVEL_STYLES = {"error": "bold red", "warning": "bold yellow", "note": "cyan", "help": "green",
                 "failure-note": "cyan"}
 # rustc names the checked file by its sandbox path (a random temp folder): show just the file name.
@@ -22,12 +26,12 @@ _POINTERS = re.compile(r"[\^]+|(?<=\s)-{2,}(?=\s|$)")
 
 
 def clean_paths(text: str) -> str:
-    return _SANDBOX_FILE.sub(r"\1", text)
+    return _SANDBOX_FILE.sub(r"\1", terminal_safe(text))
 
 
 def code_block(code: str) -> RenderableType:
     """Rust with syntax highlighting (Pygments through Rich; unknown lexers fall back to plain text)."""
-    return Syntax(code.rstrip("\n") or " ", "rust", theme="ansi_dark", line_numbers=True, word_wrap=True,
+    return Syntax(terminal_safe(code).rstrip("\n") or " ", "rust", theme="ansi_dark", line_numbers=True, word_wrap=True,
                   background_color="default")
 
 
@@ -68,6 +72,7 @@ def diagnostics(diags: list[dict] | tuple[dict, ...]) -> RenderableType:
 
 def diff(old: str, new: str, old_name: str, new_name: str) -> Text:
     """A unified diff, added lines green and removed lines red."""
+    old, new, old_name, new_name = map(terminal_safe, (old, new, old_name, new_name))
     lines = list(difflib.unified_diff(old.strip("\n").splitlines(), new.strip("\n").splitlines(), old_name,
                                       new_name, lineterm="", n=1))
     if not lines:
@@ -81,6 +86,7 @@ def diff(old: str, new: str, old_name: str, new_name: str) -> Text:
 
 
 def outcome(outcome: str, signature: str | None) -> Text:
+    outcome, signature = terminal_safe(outcome), signature and terminal_safe(signature)
     if outcome == "pass":
         return Text("✓ pass: compiles and passes its tests", style="bold green")
     return Text.assemble(("✗ " + outcome.replace("_", " "), "bold red"),
@@ -88,6 +94,7 @@ def outcome(outcome: str, signature: str | None) -> Text:
 
 
 def banner(koan_id: str, passed: bool, attempts: int, signature: str | None = None) -> Text:
+    koan_id, signature = terminal_safe(koan_id), signature and terminal_safe(signature)
     if passed:
         return Text.assemble((" PASS ", "bold black on green"),
                              f" {koan_id} passed on attempt {attempts}")
@@ -97,7 +104,7 @@ def banner(koan_id: str, passed: bool, attempts: int, signature: str | None = No
 
 
 def heading(text: str) -> Rule:
-    return Rule(Text(text, style="bold"), align="left", style="blue")
+    return Rule(Text(terminal_safe(text), style="bold"), align="left", style="blue")
 
 
 def failure(item) -> RenderableType:
@@ -107,8 +114,8 @@ def failure(item) -> RenderableType:
     if item.koan:
         parts += [heading(f"{item.koan.title} · the broken program"), code_block(buggy)]
     else:
-        parts.append(Text(f"{item.koan_id} is no longer in the koan corpus: only its attempts are shown.",
-                          style="yellow"))
+        parts.append(Text(f"{terminal_safe(item.koan_id)} is no longer in the koan corpus: only its attempts are "
+                          "shown.", style="yellow"))
     previous, previous_name = buggy, "buggy"
     for ep in item.episodes:
         parts.append(heading(f"attempt {ep['attempt']} · {ep['outcome'].replace('_', ' ')}"

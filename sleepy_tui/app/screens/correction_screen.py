@@ -14,6 +14,7 @@ from textual.widgets import Button, Static, TextArea
 from textual.widgets.text_area import LanguageDoesNotExist
 
 from ...koans import Koan
+from ...safe_text import terminal_safe
 from .. import render
 from ..messages import CorrectionChecked, JobEnded
 
@@ -39,7 +40,8 @@ class CorrectionScreen(ModalScreen[bool]):
 
     def compose(self) -> ComposeResult:
         with Vertical(id="correction-dialog"):
-            yield Static(Text.assemble((f"Fix {self.koan.id}", "bold"), f" · {self.koan.title}",
+            yield Static(Text.assemble((f"Fix {terminal_safe(self.koan.id)}", "bold"),
+                                       f" · {terminal_safe(self.koan.title)}",
                                        ("  ·  ctrl+s check & save · escape cancel", "dim")), id="correction-title")
             yield rust_editor(self.code)
             with VerticalScroll(id="correction-result-scroll"):
@@ -84,11 +86,11 @@ class CorrectionScreen(ModalScreen[bool]):
         self.notify(f"Correction refused: {reason}. Fix it and press ctrl+s again.", severity="error", timeout=10)
         parts = [render.outcome(message.outcome, message.signature), render.diagnostics(message.diagnostics)]
         if message.output and message.outcome != "compile_error":
-            parts.append(Text(message.output[-1500:], style="dim"))
+            parts.append(Text(terminal_safe(message.output[-1500:]), style="dim"))   # the test binary's output
         self.query_one("#correction-result", Static).update(Group(*parts))
 
     @on(JobEnded)
     def _job_ended(self, message: JobEnded) -> None:
         if not message.ok:  # the check itself failed (e.g. no rustc); the app already said why
             self.query_one("#correction-submit", Button).disabled = False
-            self.query_one("#correction-result", Static).update(Text(message.error, style="red"))
+            self.query_one("#correction-result", Static).update(Text(terminal_safe(message.error), style="red"))

@@ -12,6 +12,7 @@ from textual.screen import ModalScreen
 from textual.widgets import DataTable, Static
 
 from .. import render
+from ...safe_text import terminal_safe
 from ..messages import HistoryLoaded
 
 
@@ -43,8 +44,10 @@ class KoanHistoryScreen(ModalScreen[None]):
         table = self.query_one(DataTable)
         for i, e in enumerate(self.episodes):
             style = "green" if e["outcome"] == "pass" else "red"
-            table.add_row(e["run_id"], str(e.get("cycle", "")), str(e["attempt"]),
-                          Text(e["outcome"].replace("_", " "), style=style), e.get("signature") or "", key=str(i))
+            # Text, not str: DataTable parses a str cell as markup, and these come from the state files.
+            table.add_row(Text(terminal_safe(e["run_id"])), str(e.get("cycle", "")), str(e["attempt"]),
+                          Text(terminal_safe(e["outcome"].replace("_", " ")), style=style),
+                          Text(terminal_safe(e.get("signature") or "")), key=str(i))
         if not self.episodes:
             self.query_one("#history-detail", Static).update(
                 Text(f"{self.koan_id} has not been tried yet.", style="dim"))

@@ -4,6 +4,7 @@ between attempts, and a PASS/FAIL banner per koan.
 It follows the action while the view is at the bottom and stops following when the user scrolls up
 (scrolling back to the bottom, or End, follows again). Completed lines go to a RichLog (bounded, so a long
 day does not grow without limit); the line being streamed shows right under it until its newline arrives.
+What the model streams is shown as text: never parsed as markup, its control characters made visible.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from textual.widgets import RichLog, Static
 
 from .. import render
 from ... import events as ev
+from ...safe_text import terminal_safe
 
 STREAM_REFRESH_S = 0.08   # streamed tokens are drawn at most this often
 
@@ -70,7 +72,8 @@ class Transcript(VerticalScroll):
 
     def koan_started(self, koan_id: str, family: str, index: int, total: int, buggy: str = "") -> None:
         self._flush()
-        self.write(Text.assemble((f"▶ {koan_id}", "bold"), f"  {family} · koan {index} of {total}"))
+        self.write(Text.assemble((f"▶ {terminal_safe(koan_id)}", "bold"),
+                                 f"  {terminal_safe(family)} · koan {index} of {total}"))
         if buggy:
             self._last_code[koan_id] = ("buggy", buggy)
 
@@ -79,7 +82,7 @@ class Transcript(VerticalScroll):
             self._flush()
             self._stream_key = (koan_id, attempt)
             self.write(Text(f"attempt {attempt} · the model replies:", style="bold cyan"))
-        self._pending += text
+        self._pending += terminal_safe(text)
 
     def _drain(self) -> None:
         """Draw the text streamed since the last frame: complete lines in one write, the rest as the live line."""
