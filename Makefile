@@ -12,7 +12,10 @@ $(STAMP): pyproject.toml
 .PHONY: install run test bench
 install: $(STAMP)
 
+# The default model (qwen2.5-coder-1.5b) is pulled once and verified, unless a running Ollama serves it; offline,
+# the app still opens, with the small model shipped in the install (and says so).
 run: $(STAMP)
+	$(VENV)/bin/sleepy models setup || true
 	$(VENV)/bin/sleepy
 
 test: $(STAMP)
