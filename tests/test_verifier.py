@@ -177,3 +177,24 @@ def test_no_host_unix_socket_is_reachable(sandbox, tmp_path):
         for s, p in zip(servers, paths):
             s.close()
             os.unlink(p)
+
+
+def test_a_forged_pass_never_becomes_training_data(koan_dir, sandbox, tmp_path):
+    from sleepy_tui.agent import Agent
+    from sleepy_tui.backends.fake import ScriptedBackend
+    from sleepy_tui.config import Settings
+    from sleepy_tui.koans import load_corpus
+    from sleepy_tui.store import Store
+    from sleepy_tui.training.dataset import collect_examples
+
+    corpus = load_corpus(koan_dir)
+    koan = corpus.koans["bc_902"]
+    forged = koan.buggy.replace("pub fn report() -> (i32, usize) {",
+                                "pub fn report() -> (i32, usize) {\n    " + FAKE + " std::process::exit(0);")
+    store = Store(tmp_path / "state")
+    reply = f"```rust\n{forged.strip()}\n```\n"
+    agent = Agent(ScriptedBackend([reply] * 2), sandbox, store, Settings(max_attempts=2))
+    result = agent.run([koan], kind="day")
+    assert result.passed == 0
+    assert [e["signature"] for e in store.episodes(result.run_id)] == ["forbidden:process"] * 2
+    assert not [x for x in collect_examples(store, corpus) if x["provenance"] == "own_pass"]
