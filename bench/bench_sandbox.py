@@ -77,7 +77,7 @@ def main() -> int:
         sb.close()
     med = statistics.median
     rows = [
-        ["sandbox check (jail: %s)" % sb.isolation, f"{med(ours) * 1000:.0f}", f"{med(ours) / med(bare):.2f}x"],
+        ["sandbox check (%s)" % sb.isolation, f"{med(ours) * 1000:.0f}", f"{med(ours) / med(bare):.2f}x"],
         ["bare rustc --test + run", f"{med(bare) * 1000:.0f}", "1.00x"],
         ["fresh cargo project + cargo test", f"{med(cargo) * 1000:.0f}", f"{med(cargo) / med(bare):.2f}x"],
     ]
