@@ -105,8 +105,20 @@ def test_unsupported_adapters_are_refused(tiny_base, tmp_path, change, match):
     assert not (tmp_path / "adapter.gguf").exists()
 
 
-def test_other_architectures_and_modules_are_refused(tiny_base, tmp_path):
+def test_qwen2_rows_stay_in_hf_order(tiny_base, tmp_path):
+    """llama.cpp's converter permutes q/k for llama only; a qwen2 adapter keeps peft's rows and its arch."""
     (tiny_base / "config.json").write_text(json.dumps({**TINY, "model_type": "qwen2"}))
+    adapter = random_lora_adapter(tmp_path / "a", TINY, rank=4, targets=ALL, base_name=str(tiny_base))
+    meta, tensors = _read(export_gguf_lora(adapter, tmp_path / "adapter.gguf"))
+    assert meta["general.architecture"] == "qwen2"
+    peft = _peft(adapter)
+    for module, name in (("self_attn.q_proj", "attn_q"), ("self_attn.k_proj", "attn_k"), ("mlp.up_proj", "ffn_up")):
+        b = peft[f"base_model.model.model.layers.1.{module}.lora_B.weight"]
+        assert np.array_equal(tensors[f"blk.1.{name}.weight.lora_b"], b)
+
+
+def test_other_architectures_and_modules_are_refused(tiny_base, tmp_path):
+    (tiny_base / "config.json").write_text(json.dumps({**TINY, "model_type": "gpt2"}))
     adapter = random_lora_adapter(tmp_path / "a", TINY, targets=("q_proj",), base_name=str(tiny_base))
     with pytest.raises(ExportError, match="llama-architecture"):
         export_gguf_lora(adapter, tmp_path / "adapter.gguf")

@@ -1,5 +1,5 @@
-"""A peft LoRA adapter of a llama-architecture model -> a llama.cpp GGUF LoRA adapter (what the embedded backend
-and Ollama load next to the base GGUF).
+"""A peft LoRA adapter of a llama- or qwen2-architecture model -> a llama.cpp GGUF LoRA adapter (what the embedded
+backend and Ollama load next to the base GGUF).
 
 What llama.cpp expects (src/llama-adapter.cpp): general.type = "adapter", adapter.type = "lora",
 general.architecture equal to the base model's, adapter.lora.alpha (scale = alpha / rank, rank read from the
@@ -10,6 +10,9 @@ is ggml's reversed).
 The q/k permutation: llama.cpp's HF converter reorders the rows of q_proj and k_proj of llama models (per head,
 the two rotary halves become interleaved pairs), and transformers' GGUF reader undoes it, so a LoRA trained on
 the HF layout must get the same row order in its lora_B (lora_A acts on the input side and stays as it is).
+Only llama gets it: the converter's Qwen2Model writes q/k as they are, llama.cpp's qwen2 graph uses NEOX-style
+rotary on the HF row order, and transformers' reader permutes back only for llama (LlamaTensorProcessor), so a
+qwen2 LoRA goes over unpermuted.
 
 Scales that don't fit llama.cpp's one alpha / rank (rsLoRA, alpha_pattern) are folded into lora_B.
 """
@@ -32,7 +35,8 @@ HF_TO_GGUF = {
     "mlp.up_proj": "ffn_up",
     "mlp.down_proj": "ffn_down",
 }
-ARCH = "llama"
+# architecture -> whether llama.cpp's converter permuted the q/k rows (see the module docstring)
+ARCHS = {"llama": True, "qwen2": False}
 _KEY = re.compile(r"^(?:base_model\.model\.)?model\.layers\.(\d+)\.(.+?)\.lora_([AB])(?:\.[\w-]+)?\.weight$")
 
 
@@ -179,9 +183,10 @@ def export_gguf_lora(peft_adapter_dir: str | os.PathLike, out_path: str | os.Pat
     if cfg.get("fan_in_fan_out"):
         raise ExportError("fan_in_fan_out adapters (GPT-2 style Conv1D) are not llama adapters")
     base = _base_info(cfg, base_gguf)
-    if base["arch"] != ARCH:
-        raise ExportError(f"the GGUF export handles llama-architecture models; the base is {base['arch']!r} "
-                          f"({base['path']})")
+    if base["arch"] not in ARCHS:
+        raise ExportError(f"the GGUF export handles llama-architecture and qwen2 models; the base is "
+                          f"{base['arch']!r} ({base['path']})")
+    permuted = ARCHS[base["arch"]]
     if not base["heads"]:
         raise ExportError(f"{base['path']}: no attention head count")
 
@@ -219,7 +224,9 @@ def export_gguf_lora(peft_adapter_dir: str | os.PathLike, out_path: str | os.Pat
             if want != (b.shape[0], a.shape[1]):
                 raise ExportError(f"{name}: the adapter is for a [{b.shape[0]}, {a.shape[1]}] weight, the base "
                                   f"{base['path']} has {list(want)} (wrong base?)")
-        if module == "self_attn.q_proj":
+        if not permuted:
+            pass
+        elif module == "self_attn.q_proj":
             b = permute_for_llama_cpp(b, base["heads"])
         elif module == "self_attn.k_proj":
             b = permute_for_llama_cpp(b, base["kv_heads"] or base["heads"])
@@ -230,7 +237,7 @@ def export_gguf_lora(peft_adapter_dir: str | os.PathLike, out_path: str | os.Pat
 
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".tmp-{out.name}-{os.getpid()}")
-    writer = gguf.GGUFWriter(str(tmp), arch=ARCH)
+    writer = gguf.GGUFWriter(str(tmp), arch=base["arch"])
     try:
         writer.add_type(gguf.GGUFType.ADAPTER)
         writer.add_string(gguf.Keys.Adapter.TYPE, "lora")
