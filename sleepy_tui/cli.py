@@ -277,13 +277,28 @@ def cmd_export(args) -> int:
     meta = rows[-1]
     out = Path(args.out or adapters.adapter_dir(engine.store, meta["adapter_id"]))
     out.mkdir(parents=True, exist_ok=True)
-    model = args.base or "qwen2.5-coder:1.5b-instruct-q4_K_M"
+    model, note = _ollama_base(meta, args.base)
     modelfile = out / "Modelfile"
     modelfile.write_text(f"FROM {model}\nADAPTER {Path(meta['gguf']).resolve()}\n")
     name = args.name or f"sleepy-cycle{args.cycle}"
-    print(f"wrote {modelfile}\nnote: the adapter was trained on {meta.get('base_model')}; FROM must be that same "
-          f"base model\nrun: ollama create {name} -f {modelfile}")
+    print(f"wrote {modelfile}\nnote: {note}\nrun: ollama create {name} -f {modelfile}")
     return 0
+
+
+def _ollama_base(meta: dict, given: str | None) -> tuple[str, str]:
+    """(the Modelfile's FROM, a note): --base, else the Ollama twin of the table model the adapter was trained
+    on (records before the table named SmolLM2 as "SmolLM2-135M-Instruct (embedded GGUF)")."""
+    from .models import table
+    trained_on = meta.get("base_model") or ""
+    spec = table().find(meta.get("ollama_base") or "") or table().find(trained_on.split(" (")[0])
+    if given:
+        same = spec is not None and table().find(given) is spec
+        return given, (f"the adapter was trained on {trained_on}" +
+                       ("" if same else "; FROM must be that same base model"))
+    if spec is None:
+        raise CliError(f"the adapter was trained on {trained_on or 'an unknown base'}, which has no Ollama model "
+                       "in the table: pass --base OLLAMA_MODEL (the same weights)")
+    return spec.ollama, f"the adapter was trained on {spec.name}; FROM {spec.ollama}: {spec.ollama_note}"
 
 
 # ---- the agent -------------------------------------------------------------------------------------------------

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -28,6 +29,17 @@ TRAINABLE_BACKENDS = ("embedded", "transformers", "mlx", "fake")
 
 class EngineError(RuntimeError):
     """A user-facing failure of an engine operation (one line)."""
+
+
+FAST_BASE_LABEL = "SmolLM2-135M-Instruct (embedded GGUF)"   # the trainers' own default base
+
+
+@dataclass(frozen=True)
+class TrainBase:
+    trainer_base: str           # TrainConfig.base_model ("" : the trainers' default, SmolLM2)
+    name: str                   # for the adapter record: a table model name, a path
+    gguf: str                   # the GGUF llama.cpp runs the base from ("": not known)
+    ollama: str                 # the Ollama model with the same weights ("": none in the table)
 
 
 def default_backend_factory(settings: Settings, on_notice: Callable[[str], None] | None = None) -> Backend:
@@ -122,7 +134,8 @@ class Engine:
             self.store.set_value("training_adapter_id", None)
         s = self.settings
         trainer = self.trainer_factory(s)
-        base_model = s.model if s.backend in ("transformers", "mlx") else ""
+        base = self.train_base(on_event)
+        base_model = base.trainer_base
         config = TrainConfig.from_settings(s, base_model=base_model, **config_overrides)
         adapter_id = adapter_id or self.store.get_value("training_adapter_id") or adapters.new_adapter_id(cycle)
         self.store.set_value("training_adapter_id", adapter_id)  # a resumed run continues the same adapter
@@ -130,7 +143,8 @@ class Engine:
         t0 = time.time()
         result = trainer.train(dataset.path, config, out, on_event=on_event, stop=stop, resume=resume)
         meta = {"adapter_id": adapter_id, "cycle": cycle, "trainer": trainer.name, "created": time.time(),
-                "base_model": base_model or "SmolLM2-135M-Instruct (embedded GGUF)", "dataset": dataset.to_dict(),
+                "base_model": base.name, "base_gguf": base.gguf, "ollama_base": base.ollama,
+                "dataset": dataset.to_dict(),
                 "config": config.to_dict(), "steps": result.steps, "stopped": result.stopped,
                 "initial_loss": result.initial_loss, "final_loss": result.final_loss,
                 "loss_curve": [{"step": i + 1, "loss": l} for i, l in enumerate(result.losses)],
@@ -143,12 +157,43 @@ class Engine:
             if trainer.name == "torch":
                 from .training.gguf_export import export_gguf_lora
                 gguf = out / "adapter.gguf"
-                export_gguf_lora(result.adapter_dir, gguf)
+                export_gguf_lora(result.adapter_dir, gguf, base_gguf=base.gguf or None)
                 meta["gguf"] = str(gguf)
         adapters.record(self.store, meta)
         if not result.stopped:       # only now: a crash before this resumes the same adapter (no retraining)
             self.store.set_value("training_adapter_id", None)
         return meta
+
+    def train_base(self, on_event: ev.EventSink = ev.ignore) -> "TrainBase":
+        """What the trainer adapts: the model the embedded backend runs (a table model or a GGUF path; the
+        default when none is named), de-quantized from the same GGUF; with the transformers or mlx backend,
+        their --model. EngineError when the table says this trainer can't adapt the model."""
+        s = self.settings
+        if s.backend in ("transformers", "mlx"):
+            return TrainBase(s.model, s.model or FAST_BASE_LABEL, "", "")
+        from .models import ModelError, resolve, table
+        if s.backend == "ollama":         # the table model that is the same as Ollama's (none: the fast one)
+            from .backends.ollama_backend import DEFAULT_MODEL
+            named = s.model or DEFAULT_MODEL
+            if table().find(named) is None:
+                return TrainBase("", FAST_BASE_LABEL, "", "")
+        elif s.backend == "auto" or s.backend == "embedded":
+            named = s.model if s.model and (table().find(s.model) or s.model.endswith(".gguf")) else ""
+        else:                             # fake, openai: the trainers' default
+            return TrainBase("", FAST_BASE_LABEL, "", "")
+        try:
+            found = resolve(named)
+        except ModelError as e:
+            raise EngineError(str(e)) from None
+        if found.note:
+            on_event(ev.Notice("warning", found.note))
+        spec = found.spec
+        if spec is not None and s.train_backend not in spec.trainers:
+            raise EngineError(f"the {s.train_backend} trainer can't adapt {spec.name} here (its trainers: "
+                              f"{', '.join(spec.trainers)}): use --train-backend {spec.trainers[0]}")
+        # the model shipped in a package stays the trainers' own default (""): the mlx trainer converts it itself
+        trainer_base = "" if spec is not None and spec.source.kind == "package" else str(found.path)
+        return TrainBase(trainer_base, found.name, str(found.path), spec.ollama if spec else "")
 
     # ---- the gate and the cycle -------------------------------------------------------------------------------
 

