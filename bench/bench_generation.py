@@ -2,7 +2,8 @@
 
 The embedded model through llama.cpp is the baseline; the same model through transformers and through mlx-lm
 (CPU here) are measured against it. Model loading is excluded (each backend is warmed once).
-usage: python bench/bench_generation.py [--quick] [--tokens N] [--runs R]
+With --models: llama.cpp's speed on each model of the table that is on this machine, on 1 and 2 threads.
+usage: python bench/bench_generation.py [--quick] [--tokens N] [--runs R] [--models]
 """
 
 from __future__ import annotations
@@ -29,6 +30,41 @@ def backends():
     yield "mlx-lm (CPU)", mlx
 
 
+def table_models(threads: tuple[int, ...]):
+    """(label, factory) for each table model that is here and verifies, on each thread count."""
+    from sleepy_tui import models
+    from sleepy_tui.backends.embedded import EmbeddedBackend
+    for spec in models.table().models:
+        st = models.status(spec)
+        for n in threads:
+            label = f"{spec.name} ({st.size / 1e6:,.0f} MB), {n} thread{'s' if n > 1 else ''}"
+            if not st.ready:
+                yield label, None, st.problem
+                continue
+            yield label, (lambda name=spec.name, n=n: EmbeddedBackend(model=name, n_threads=n, engine="llama.cpp")), ""
+
+
+def by_model(messages, tokens: int, runs: int, quick: bool) -> None:
+    rows, base = [], {}
+    for label, make, problem in table_models((1,) if quick else (1, 2)):
+        if make is None:
+            rows.append([label, "absent", "", problem])
+            continue
+        rate, out = measure(make, messages, tokens, runs)
+        threads = label.rsplit(", ", 1)[1]
+        if label.startswith("smollm2"):
+            base[threads] = rate
+        rows.append([label, f"{rate:.1f}", threads, f"{out} tokens generated"])
+    for row in rows:                    # the ratio to SmolLM2 on the same thread count, once all are measured
+        if row[2] and row[2] in base:
+            row[2] = f"{float(row[1]) / base[row[2]]:.2f}x"
+    body = (f"llama.cpp (`EmbeddedBackend`), same prompt (a frozen koan's first prompt), greedy, up to {tokens} new "
+            f"tokens, median of {runs} run(s), model load excluded.\n\n"
+            + table(["model, threads", "tokens/s", "vs smollm2-135m", "note"], rows))
+    record("Generation speed by model", " ".join(["python", "bench/bench_generation.py"] + sys.argv[1:]), body,
+           quick)
+
+
 def measure(make, messages, tokens: int, runs: int) -> tuple[float, int]:
     backend = make()
     opts = GenOptions(temperature=0.0, seed=0, max_tokens=tokens)
@@ -47,10 +83,14 @@ def main() -> int:
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--tokens", type=int, default=128)
     ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--models", action="store_true", help="each table model on 1 and 2 threads (llama.cpp)")
     args = ap.parse_args()
     tokens, runs = (16, 1) if args.quick else (args.tokens, args.runs)
     koan = load_corpus().eval_set[0] if load_corpus().eval_set else None
     messages = build_messages(koan) if koan else [{"role": "user", "content": "Write a Rust function adding two numbers."}]
+    if args.models:
+        by_model(messages, tokens, runs, args.quick)
+        return 0
     rows, base = [], None
     for name, make in backends():
         try:

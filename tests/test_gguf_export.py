@@ -238,3 +238,56 @@ def test_llama_cpp_applies_the_adapter_as_peft_does(real_cache, tmp_path):
     assert corr(cpp_good - cpp_base, want) > 0.9
     assert abs(corr(cpp_bad - cpp_base, want)) < 0.5
     assert int(np.argmax(cpp_good)) == int(np.argmax(hf_lora))
+
+
+@pytest.mark.slow
+def test_llama_cpp_applies_a_qwen2_adapter_as_peft_does(real_cache, tmp_path):
+    """The same check on the real Qwen2.5-Coder-0.5B (Q4_K_M): for qwen2 the rows stay in HF order, and the
+    llama-style permutation would be the wrong one. A gentler adapter than SmolLM2's (std_b 0.02): with 0.2 the
+    24 attention layers change the logits so far that the Q4_K and float32 models part ways (correlation 0.70
+    for the right export, 0.48 for the wrong one); at 0.02 it was 0.958 against 0.315 here."""
+    pytest.importorskip("llama_cpp")
+    import torch
+    from peft import PeftModel
+
+    from sleepy_tui import models
+    from sleepy_tui.backends.embedded import new_llama
+    from sleepy_tui.training import gguf_export
+    from sleepy_tui.training.base_model import load_base, resolve_base
+    spec = models.get("qwen2.5-coder-0.5b")
+    st = models.status(spec)
+    if not st.ready:
+        pytest.skip(f"qwen2.5-coder-0.5b is {st.problem}: `sleepy models pull qwen2.5-coder-0.5b` first")
+    base_dir = resolve_base(str(st.path), real_cache)
+    cfg = json.loads((Path(base_dir) / "config.json").read_text())
+    assert cfg["model_type"] == "qwen2"
+    adapter = random_lora_adapter(tmp_path / "a", cfg, std_b=0.02, targets=("q_proj", "k_proj"), base_name=base_dir)
+    good = export_gguf_lora(adapter, tmp_path / "good.gguf", base_gguf=st.path)
+    gguf_export.ARCHS["qwen2"] = True                    # what treating qwen2 like llama would write
+    try:
+        bad = export_gguf_lora(adapter, tmp_path / "bad.gguf", base_gguf=st.path)
+    finally:
+        gguf_export.ARCHS["qwen2"] = False
+
+    model, tok = load_base(base_dir)
+    ids = tok.apply_chat_template(PROMPT, add_generation_prompt=True, tokenize=True)
+    ids = list(ids["input_ids"] if hasattr(ids, "keys") else ids)
+    with torch.no_grad():
+        hf_base = model(torch.tensor([ids])).logits[0, -1].numpy()
+        hf_lora = PeftModel.from_pretrained(model, str(adapter)).eval()(torch.tensor([ids])).logits[0, -1].numpy()
+
+    def cpp(lora):
+        kw = dict(model_path=str(st.path), n_ctx=256, n_threads=2, seed=0, verbose=False, logits_all=True)
+        if lora is not None:
+            kw["lora_path"] = str(lora)
+        llm = new_llama(**kw)
+        llm.eval(ids)
+        return np.array(llm.scores[len(ids) - 1])[: len(hf_base)]
+
+    cpp_base, cpp_good, cpp_bad = cpp(None), cpp(good), cpp(bad)
+    corr = lambda a, b: float(np.corrcoef(a, b)[0, 1])  # noqa: E731
+    want = hf_lora - hf_base
+    assert corr(cpp_base, hf_base) > 0.99
+    assert corr(cpp_good - cpp_base, want) > 0.9
+    assert abs(corr(cpp_bad - cpp_base, want)) < 0.5
+    assert int(np.argmax(cpp_good)) == int(np.argmax(hf_lora))

