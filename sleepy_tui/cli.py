@@ -11,6 +11,7 @@ from . import events as ev
 from .config import ConfigError, Settings, load_settings
 from .koans import FAMILIES, KoanError, load_corpus, load_koan, write_manifest
 from .locations import frozen_manifest
+from .safe_text import KOAN_MAX_BYTES, read_regular_file
 
 
 class CliError(Exception):
@@ -109,9 +110,11 @@ def cmd_verify(args) -> int:
     s = _settings(args)
     k = _corpus(args, s).select(ids=[args.koan])[0]
     try:
-        code = Path(args.file).read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as e:
-        raise CliError(f"{args.file}: cannot read: {e}")
+        code = read_regular_file(args.file, KOAN_MAX_BYTES).decode("utf-8")   # never a FIFO or /dev/zero
+    except UnicodeDecodeError as e:
+        raise CliError(f"{args.file}: cannot read: not valid UTF-8 (byte {e.start})")
+    except OSError as e:
+        raise CliError(f"{args.file}: cannot read: {e.strerror or e}")
     r = Sandbox().check(code, k.tests)
     if r.passed:
         print(f"PASS {k.id}: {r.tests_passed} test(s) passed")

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import locations
+from .safe_text import KOAN_MAX_BYTES, read_regular_file
 
 FAMILIES = ("borrow_checker", "trait_bounds", "result_handling", "lifetimes", "type_mismatch")
 REQUIRED = ("id", "family", "title", "expected_error", "buggy", "solution", "tests")
@@ -58,6 +59,8 @@ def parse_koan(text: str, path: Path, families: tuple[str, ...] | None = FAMILIE
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
         raise KoanError(f"{where}: invalid TOML: {e}") from None
+    except RecursionError:                      # tomllib parses nested arrays recursively
+        raise KoanError(f"{where}: invalid TOML: nested too deeply") from None
     missing = [f for f in REQUIRED if f not in data]
     if missing:
         raise KoanError(f"{where}: missing field(s) {', '.join(missing)}")
@@ -85,7 +88,7 @@ def parse_koan(text: str, path: Path, families: tuple[str, ...] | None = FAMILIE
 
 def load_koan(path: Path, families: tuple[str, ...] | None = FAMILIES) -> Koan:
     try:
-        text = path.read_bytes().decode("utf-8")
+        text = read_regular_file(path, KOAN_MAX_BYTES).decode("utf-8")   # a FIFO or /dev/zero is refused
     except UnicodeDecodeError as e:
         raise KoanError(f"{path}: not valid UTF-8 (byte {e.start})") from None
     except OSError as e:
@@ -130,13 +133,21 @@ class Corpus:
 def read_manifest(path: Path) -> dict[str, str]:
     """id -> content hash of the frozen eval set."""
     try:
-        data = tomllib.loads(path.read_text())
+        data = tomllib.loads(read_regular_file(path, KOAN_MAX_BYTES).decode("utf-8"))
     except FileNotFoundError:
         return {}
+    except UnicodeDecodeError as e:
+        raise KoanError(f"{path}: not valid UTF-8 (byte {e.start})") from None
+    except OSError as e:
+        raise KoanError(f"{path}: cannot read: {e.strerror or e}") from None
     except tomllib.TOMLDecodeError as e:
         raise KoanError(f"{path}: invalid TOML: {e}") from None
+    except RecursionError:
+        raise KoanError(f"{path}: invalid TOML: nested too deeply") from None
     koans = data.get("koans")
-    if not isinstance(koans, list) or not all(isinstance(k, dict) and {"id", "hash"} <= set(k) for k in koans):
+    if not isinstance(koans, list) or not all(isinstance(k, dict) and {"id", "hash"} <= set(k)
+                                              and isinstance(k["id"], str) and isinstance(k["hash"], str)
+                                              for k in koans):
         raise KoanError(f"{path}: expected [[koans]] tables with id and hash")
     return {k["id"]: k["hash"] for k in koans}
 

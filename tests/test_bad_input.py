@@ -428,3 +428,100 @@ def test_resume_when_the_dataset_file_is_gone(koan_dir, tmp_path, capsys):
     code, _, err = cli(["train", "--resume", "--koans", str(koan_dir), "--state", str(state)], capsys)
     assert code == 2
     one_error(err, "gone.jsonl")
+
+
+# ---- files that are not regular files, or too large (issue 12, item 7) ---------------------------------------
+
+def sleepy(args: list[str], tmp_path: Path, timeout: float = 90, memory_gb: int = 4) -> tuple[int, str, str]:
+    """The CLI as a subprocess: a hang ends in a timeout, unbounded reading in a MemoryError, a crash in a signal,
+    none of them in this test process."""
+    import resource
+    import subprocess
+    import sys
+
+    def limit():
+        resource.setrlimit(resource.RLIMIT_AS, (memory_gb << 30, memory_gb << 30))
+    env = {**os.environ, "SLEEPY_STATE_DIR": str(tmp_path / "state")}
+    try:
+        p = subprocess.run([sys.executable, "-m", "sleepy_tui", *args], capture_output=True, text=True,
+                           timeout=timeout, env=env, preexec_fn=limit, cwd=Path(__file__).parent.parent)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"sleepy {' '.join(args)} hung for {timeout} s")
+    return p.returncode, p.stdout, p.stderr
+
+
+def _fifo(p: Path) -> Path:
+    os.mkfifo(p)
+    return p
+
+
+def _dev_zero(p: Path) -> Path:
+    p.symlink_to("/dev/zero")
+    return p
+
+
+def _too_large(p: Path) -> Path:
+    p.write_bytes(b"# padding\n" * 200_000)           # 2 MB of comments: TOML and Rust would both accept it
+    return p
+
+
+BAD_FILES = {"fifo": (_fifo, "a FIFO, not a regular file"), "dev-zero": (_dev_zero, "a character device, not a "
+             "regular file"), "too-large": (_too_large, "too large (1.9 MiB; at most 1.0 MiB)")}
+
+
+@pytest.mark.parametrize("kind", sorted(BAD_FILES))
+def test_a_koan_file_that_is_not_a_regular_file_is_skipped_with_one_warning(koan_dir, tmp_path, kind):
+    make, message = BAD_FILES[kind]
+    make(koan_dir / "borrow_checker" / "bc_950.toml")
+    code, out, err = sleepy(["koans", "list", "--koans", str(koan_dir)], tmp_path)
+    assert code == 0 and "Traceback" not in err, err
+    warnings = [line for line in err.splitlines() if line.startswith("warning:")]
+    assert len(warnings) == 1 and f"bc_950.toml: cannot read: {message}" in warnings[0], err
+    assert _listed(out) == {"bc_900", "bc_901", "bc_902"}
+
+
+@pytest.mark.parametrize("kind", sorted(BAD_FILES))
+def test_verify_a_candidate_that_is_not_a_regular_file_is_one_line(koan_dir, tmp_path, kind):
+    make, message = BAD_FILES[kind]
+    fix = make(tmp_path / "fix.rs")
+    code, _, err = sleepy(["verify", str(fix), "--koan", "bc_901", "--koans", str(koan_dir)], tmp_path)
+    assert code == 2
+    one_error(err, f"{fix}: cannot read: {message}")
+
+
+def test_verify_dev_zero_itself(koan_dir, tmp_path):
+    code, _, err = sleepy(["verify", "/dev/zero", "--koan", "bc_901", "--koans", str(koan_dir)], tmp_path)
+    assert code == 2
+    one_error(err, "/dev/zero: cannot read: a character device, not a regular file")
+
+
+@pytest.mark.parametrize("kind", ["fifo", "dev-zero"])
+def test_a_frozen_manifest_that_is_not_a_regular_file_is_one_line(koan_dir, tmp_path, kind):
+    make, message = BAD_FILES[kind]
+    manifest = koan_dir / "frozen_eval.toml"
+    manifest.unlink()
+    make(manifest)
+    code, _, err = sleepy(["koans", "list", "--koans", str(koan_dir)], tmp_path)
+    assert code == 2
+    one_error(err, f"frozen_eval.toml: cannot read: {message}")
+
+
+@pytest.mark.parametrize("content, message", [
+    (bytes(range(256)) * 8, "frozen_eval.toml: not valid UTF-8 (byte 128)"),
+    (b"\x00\x01GGUF\x03\xff\xfe" * 50, "frozen_eval.toml: not valid UTF-8"),
+    (b"koans = " + b"[" * 100_000, "frozen_eval.toml: invalid TOML: nested too deeply"),
+    (b'[[koans]]\nid = ["bc_900"]\nhash = "x"\n', "frozen_eval.toml: expected [[koans]] tables with id and hash"),
+], ids=["binary", "binary-nul", "nested", "id-a-list"])
+def test_a_binary_or_odd_frozen_manifest_is_one_line(koan_dir, capsys, content, message):
+    (koan_dir / "frozen_eval.toml").write_bytes(content)
+    code, _, err = cli(["koans", "list", "--koans", str(koan_dir)], capsys)
+    assert code == 2
+    one_error(err, message)
+
+
+def test_a_deeply_nested_koan_file_is_skipped_with_one_warning(koan_dir, capsys):
+    (koan_dir / "borrow_checker" / "bc_950.toml").write_text("buggy = " + "[" * 100_000)
+    code, out, err = cli(["koans", "list", "--koans", str(koan_dir)], capsys)
+    assert code == 0 and "Traceback" not in err
+    warnings = [line for line in err.splitlines() if line.startswith("warning:")]
+    assert len(warnings) == 1 and "bc_950.toml: invalid TOML: nested too deeply" in warnings[0], err
