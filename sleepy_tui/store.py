@@ -7,7 +7,9 @@
 Writes are cached (tinydb's CachingMiddleware) and flushed by `flush()`: the agent flushes after every koan.
 Every file is written to a temp file, fsynced and renamed over the old one, so a crash leaves either the old
 or the new file, never a torn one. Documents are written one a line, so a hand-damaged file can be recovered
-line by line (the damaged original is kept as `*.corrupt-<time>`).
+line by line (the damaged original is kept as `*.corrupt-<time>`); so is one of the wrong shape (a list, a
+table or record that is not an object). A state file that is not a regular file (a folder, a FIFO, a device) or
+is implausibly large is refused with one line, never read.
 """
 
 from __future__ import annotations
@@ -25,8 +27,10 @@ from tinydb.middlewares import CachingMiddleware
 from tinydb.storages import Storage
 
 from .episodes import Episode
+from .safe_text import read_regular_file
 
 SCHEMA_VERSION = 1
+STATE_FILE_MAX_BYTES = 256 << 20     # far above any real state file (episode output is capped per attempt)
 _DOC_LINE = re.compile(r'^\s*"([^"]+)":\s*(\{.*\}),?\s*$')
 _TABLE_LINE = re.compile(r'^\s*"([^"]+)":\s*\{\s*$')
 
@@ -77,9 +81,33 @@ def recover_tables(text: str) -> dict:
         if m:
             try:
                 data.setdefault(table, {})[m.group(1)] = json.loads(m.group(2))
-            except json.JSONDecodeError:
+            except (json.JSONDecodeError, RecursionError):
                 continue
-    return data
+    good, _ = well_formed(data)
+    return good
+
+
+def _kind(value) -> str:
+    return {dict: "an object", list: "a list", str: "a string", bool: "a boolean", type(None): "null"}.get(
+        type(value), "a number")
+
+
+def well_formed(data) -> tuple[dict, str]:
+    """The part of `data` tinydb can use ({table: {integer doc id: object}}), and what was wrong with the rest
+    ("" when nothing was)."""
+    if not isinstance(data, dict):
+        return {}, f"the top level is {_kind(data)}, not an object of tables"
+    good: dict = {}
+    problems: list[str] = []
+    for name, table in data.items():
+        if not isinstance(table, dict):
+            problems.append(f"table {name!r} is {_kind(table)}")
+            continue
+        docs = {k: d for k, d in table.items() if k.isdigit() and isinstance(d, dict)}
+        if len(docs) < len(table):
+            problems.append(f"table {name!r} had {len(table) - len(docs)} malformed record(s)")
+        good[name] = docs
+    return good, "; ".join(problems)
 
 
 class AtomicJSONStorage(Storage):
@@ -91,22 +119,33 @@ class AtomicJSONStorage(Storage):
 
     def read(self):
         try:
-            raw = self.path.read_bytes()
+            raw = read_regular_file(self.path, STATE_FILE_MAX_BYTES)
         except FileNotFoundError:
             return None
+        except OSError as e:
+            raise StateError(f"{self.path}: can't be read as a state file: {e.strerror or e}; move it out of the "
+                             "way (or give another --state)") from None
         text = raw.decode("utf-8", "replace")
         if not text.strip():
             return None
         try:
-            return json.loads(text)
-        except json.JSONDecodeError:
-            backup = self.path.with_name(f"{self.path.name}.corrupt-{int(time.time())}")
-            os.replace(self.path, backup)
-            data = recover_tables(text)
-            n = sum(len(t) for t in data.values())
-            self.on_warning(f"{self.path}: damaged; recovered {n} record(s), original kept as {backup.name}")
-            atomic_write_text(self.path, dump_tables(data))
-            return data
+            data = json.loads(text)
+        except (json.JSONDecodeError, RecursionError):   # RecursionError: nested thousands deep
+            return self._recover(text, recover_tables(text), "")
+        good, problem = well_formed(data)
+        if problem:
+            return self._recover(text, good if isinstance(data, dict) else recover_tables(text), problem)
+        return data
+
+    def _recover(self, text: str, data: dict, problem: str) -> dict:
+        """Keep the damaged original beside the file, and the salvaged records in it."""
+        backup = self.path.with_name(f"{self.path.name}.corrupt-{int(time.time())}")
+        os.replace(self.path, backup)
+        n = sum(len(t) for t in data.values())
+        self.on_warning(f"{self.path}: damaged; recovered {n} record(s), original kept as {backup.name}"
+                        + (f" ({problem})" if problem else ""))
+        atomic_write_text(self.path, dump_tables(data))
+        return data
 
     def write(self, data) -> None:
         atomic_write_text(self.path, dump_tables(data))

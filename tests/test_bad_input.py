@@ -525,3 +525,82 @@ def test_a_deeply_nested_koan_file_is_skipped_with_one_warning(koan_dir, capsys)
     assert code == 0 and "Traceback" not in err
     warnings = [line for line in err.splitlines() if line.startswith("warning:")]
     assert len(warnings) == 1 and "bc_950.toml: invalid TOML: nested too deeply" in warnings[0], err
+
+
+# ---- damaged state, beyond torn lines ------------------------------------------------------------------------------
+
+def _json_damage(kind: str, original: str) -> str:
+    data = json.loads(original)
+    if kind == "top-level-list":
+        return json.dumps([data, 1, 2])
+    if kind == "nested-200k":
+        return "[" * 200_000 + "]" * 200_000
+    if kind == "nested-in-a-record":
+        field = '"status": "done"' if '"status": "done"' in original else '"outcome": "pass"'
+        return original.replace(field, field.split(":")[0] + ": " + "[" * 200_000 + "]" * 200_000, 1)
+    table = "runs" if "runs" in data else "episodes"
+    if kind == "table-a-number":
+        data[table] = 5
+    elif kind == "table-a-list":
+        data[table] = list(data[table].values())
+    elif kind == "record-a-number":
+        data[table][next(iter(data[table]))] = 7
+    elif kind == "record-id-not-a-number":
+        data[table]["x"] = {"run_id": "day-x"}
+    return json.dumps(data)
+
+
+DAMAGE = ["top-level-list", "nested-200k", "nested-in-a-record", "table-a-number", "table-a-list",
+          "record-a-number", "record-id-not-a-number"]
+
+
+@pytest.mark.parametrize("damage", DAMAGE)
+@pytest.mark.parametrize("which", ["sleepy.json", "episodes/day-5.json"])
+def test_state_file_of_the_wrong_shape_loads_with_the_damage_reported(tmp_path, capsys, damage, which):
+    state = tmp_path / "state"
+    _state_with_history(state)
+    s = Store(state)
+    s.set_value("latest_dataset", {"path": "d.jsonl"})
+    s.close()
+    path = state / which
+    damaged = _json_damage(damage, path.read_text())
+    assert damaged != path.read_text()
+    path.write_text(damaged)
+    code, out, err = cli(["status", "--state", str(state)], capsys)
+    assert code == 0 and "Traceback" not in err, err
+    assert f"{path.name}: damaged; recovered" in err and ".corrupt-" in err
+    backups = list(path.parent.glob(path.name + ".corrupt-*"))
+    assert len(backups) == 1 and backups[0].read_text() == damaged      # the damaged original, kept beside it
+    warnings: list[str] = []
+    again = Store(state, on_warning=warnings.append)
+    assert warnings == []                                               # recovered once, for good
+    if which == "sleepy.json" and damage not in ("top-level-list", "nested-200k"):
+        assert again.get_value("latest_dataset") == {"path": "d.jsonl"}   # the intact tables kept
+    if which == "episodes/day-5.json":
+        assert len(again.runs()) == 6
+
+
+@pytest.mark.parametrize("which", ["sleepy.json", "episodes/day-5.json"])
+def test_state_file_that_is_a_directory_is_one_line(tmp_path, capsys, which):
+    state = tmp_path / "state"
+    _state_with_history(state)
+    path = state / which
+    path.unlink()
+    path.mkdir()
+    code, _, err = cli(["status", "--state", str(state)], capsys)
+    assert code == 2
+    one_error(err, f"{path}: can't be read as a state file: Is a directory")
+    assert path.is_dir()                                                # left as it was
+
+
+@pytest.mark.parametrize("kind", ["fifo", "dev-zero"])
+def test_state_file_that_is_not_a_regular_file_is_one_line(tmp_path, kind):
+    state = tmp_path / "state"
+    _state_with_history(state)
+    make, message = BAD_FILES[kind]
+    path = state / "sleepy.json"
+    path.unlink()
+    make(path)
+    code, _, err = sleepy(["status", "--state", str(state)], tmp_path)
+    assert code == 2
+    one_error(err, f"{path}: can't be read as a state file: {message}")
