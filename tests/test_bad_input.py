@@ -527,6 +527,27 @@ def test_a_deeply_nested_koan_file_is_skipped_with_one_warning(koan_dir, capsys)
     assert len(warnings) == 1 and "bc_950.toml: invalid TOML: nested too deeply" in warnings[0], err
 
 
+# ---- --ollama-host that is not an address -----------------------------------------------------------------------
+
+@pytest.mark.parametrize("host", ["::::not a url", "http://[::1", "localhost:99999", "127.0.0.1:abc",
+                                  "http://exa mple:11434"])
+@pytest.mark.parametrize("how", ["flag", "SLEEPY_OLLAMA_HOST", "OLLAMA_HOST"])
+@pytest.mark.parametrize("backend", ["ollama", "auto"])
+def test_an_ollama_host_that_is_not_an_address_is_one_line(koan_dir, tmp_path, capsys, monkeypatch, host, how,
+                                                           backend):
+    monkeypatch.delenv("OLLAMA_HOST", raising=False)
+    args = ["run", "--backend", backend, "--count", "1", "--koans", str(koan_dir), "--state", str(tmp_path / "s")]
+    if how == "flag":
+        args += ["--ollama-host", host]
+    else:
+        monkeypatch.setenv(how, host)
+    code, _, err = cli(args, capsys)
+    assert code == 2
+    line = one_error(err, f"{host!r} is not an Ollama address", "host:port")
+    assert ("OLLAMA_HOST" in line) == (how == "OLLAMA_HOST")
+    assert not Store(tmp_path / "s").runs()                            # refused before any run began
+
+
 # ---- damaged state, beyond torn lines ------------------------------------------------------------------------------
 
 def _json_damage(kind: str, original: str) -> str:

@@ -22,16 +22,26 @@ DEFAULT_HOST = "http://127.0.0.1:11434"
 DEFAULT_PORT = 11434
 
 
-def normalize_host(host: str) -> str:
-    """'localhost', '0.0.0.0:11434', 'http://h' ... -> 'scheme://host:port' (what the client connects to)."""
+def normalize_host(host: str, where: str = "ollama_host") -> str:
+    """'localhost', '0.0.0.0:11434', 'http://h' ... -> 'scheme://host:port' (what the client connects to).
+
+    Anything else (a bad port, an unclosed IPv6 bracket, spaces) is a BackendUnavailable naming `where`."""
+    given = host
     host = (host or DEFAULT_HOST).strip().rstrip("/")
     if "://" not in host:
         host = "http://" + host
-    parts = urlsplit(host)
+    try:
+        parts = urlsplit(host)
+        port = parts.port
+        if parts.scheme not in ("http", "https") or any(c.isspace() for c in parts.netloc):
+            raise ValueError("expected http(s)://host:port")
+    except ValueError as e:
+        raise BackendUnavailable(f"{where}: {given!r} is not an Ollama address ({e}): give host:port or "
+                                 "http://host:port") from None
     hostname = parts.hostname or "127.0.0.1"
     if ":" in hostname:  # IPv6
         hostname = f"[{hostname}]"
-    port = parts.port or (443 if parts.scheme == "https" and ":" not in parts.netloc else DEFAULT_PORT)
+    port = port or (443 if parts.scheme == "https" and ":" not in parts.netloc else DEFAULT_PORT)
     return f"{parts.scheme}://{hostname}:{port}{parts.path}"
 
 
@@ -39,7 +49,7 @@ def resolve_host(configured: str = "") -> str:
     """The settings' host; OLLAMA_HOST (Ollama's own variable) counts when the settings keep the default."""
     env = os.environ.get("OLLAMA_HOST", "")
     if env and (not configured or normalize_host(configured) == normalize_host(DEFAULT_HOST)):
-        return normalize_host(env)
+        return normalize_host(env, "OLLAMA_HOST")
     return normalize_host(configured)
 
 
