@@ -352,6 +352,14 @@ def _agent_run(args, koans, *, kind: str, cycle: int | None) -> int:
     except KeyboardInterrupt:
         cancel.set()
         raise
+    except Exception as e:
+        from .backends.base import BackendUnavailable
+        from .sandbox import SandboxError
+        from .store import StateError
+        if isinstance(e, (BackendUnavailable, SandboxError, StateError)):   # main() prints these as they are
+            raise
+        raise CliError(f"the run crashed ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else 'no message'});"
+                       " it is stored as failed") from e
     finally:
         engine.close()
     _print_summary(engine.store, result.run_id)

@@ -16,6 +16,7 @@ from . import events as ev
 from .agent import Agent, RunResult
 from .backends.base import Backend
 from .config import Settings
+from .episodes import new_run_id
 from .koans import Corpus, Koan, load_corpus
 from .metrics import compare, koan_outcomes, metrics_of
 from .sandbox import Limits, Sandbox
@@ -112,7 +113,27 @@ class Engine:
             adapter_id = adapter_id or (cur["adapter_id"] if cur and not self.settings.adapter else None)
         cycle = self.current_cycle() if cycle is None else cycle
         agent = Agent(backend, self.sandbox, self.store, self.settings, on_event=on_event, cancel=cancel)
-        return agent.run(koans, kind=kind, cycle=cycle, run_meta={"adapter_id": adapter_id or ""})
+        run_id = new_run_id(kind)
+        try:
+            return agent.run(koans, kind=kind, cycle=cycle, run_id=run_id, run_meta={"adapter_id": adapter_id or ""})
+        except BaseException as e:
+            self._record_crash(run_id, e)
+            raise
+
+    def _record_crash(self, run_id: str, e: BaseException) -> None:
+        """The agent records only a missing backend as a failure; a run that ended in any other exception is
+        not `done` either: `failed` with its error (`cancelled` for Ctrl-C), so no cycle takes it as a baseline."""
+        try:
+            run = self.store.run(run_id)
+            if run is None:                     # it crashed before the run was recorded
+                return
+            interrupted = isinstance(e, KeyboardInterrupt)
+            message = "interrupted" if interrupted else f"{type(e).__name__}: {e}".splitlines()[0].rstrip(": ")
+            run.update(status="cancelled" if interrupted else "failed", error=message,
+                       finished=run.get("finished") or time.time())
+            self.store.save_run(run)
+        except Exception:  # noqa: BLE001 - the store may be what failed; the original error is the one to report
+            pass
 
     def current_cycle(self) -> int:
         cycles = self.store.cycles()
@@ -220,7 +241,9 @@ class Engine:
             return run_id
         cur = self.current_adapter()
         want = cur["adapter_id"] if cur else ""
+        # `total` short of the koans given: a run that crashed before crashes were stored as failed
         done = [r for r in self.store.runs() if r.get("kind") == "eval" and r.get("status") == "done"
+                and r.get("total", len(r.get("koan_ids", []))) == len(r.get("koan_ids", []))
                 and (r.get("adapter_id") or "") == want and (want or not r.get("adapter"))]
         if done:  # an eval of the current model already exists (e.g. `sleepy eval --cycle 0`)
             run_id = done[-1]["run_id"]

@@ -625,3 +625,83 @@ def test_state_file_that_is_not_a_regular_file_is_one_line(tmp_path, kind):
     code, _, err = sleepy(["status", "--state", str(state)], tmp_path)
     assert code == 2
     one_error(err, f"{path}: can't be read as a state file: {message}")
+
+
+# ---- a run that crashes is stored as failed --------------------------------------------------------------------
+
+def test_a_run_that_crashes_is_stored_failed_and_is_one_line(koan_dir, tmp_path, capsys):
+    replies = tmp_path / "replies.json"
+    replies.write_text(json.dumps(["no code here"]))       # attempt 2 finds the script exhausted: an AssertionError
+    state = tmp_path / "state"
+    code, _, err = cli(["run", "--backend", "fake", "--model", str(replies), "--koan", "bc_901", "--max-attempts", "2",
+                        "--koans", str(koan_dir), "--state", str(state)], capsys)
+    assert code == 2
+    one_error(err, "the run crashed", "ScriptExhausted", "stored as failed")
+    runs = Store(state).runs()
+    assert len(runs) == 1 and runs[0]["status"] == "failed" and "ScriptExhausted" in runs[0]["error"]
+
+
+def _engine(koan_dir: Path, state: Path, backend):
+    from sleepy_tui.config import Settings
+    from sleepy_tui.engine import Engine
+    s = Settings(backend="fake", koans_dir=str(koan_dir), state_dir=str(state), max_attempts=1)
+    return Engine(s, backend_factory=lambda *_a: backend)
+
+
+@pytest.mark.parametrize("error", [ValueError("bad logits"), OSError(errno.ENOSPC, "No space left on device"),
+                                   RuntimeError("llama_decode returned -1"), MemoryError(), ZeroDivisionError("x")],
+                         ids=lambda e: type(e).__name__)
+def test_a_crashed_eval_is_stored_failed_and_is_never_a_baseline(koan_dir, tmp_path, error):
+    from sleepy_tui.backends.fake import ScriptedBackend
+    from tests.test_app import fix
+    engine = _engine(koan_dir, tmp_path / "state", ScriptedBackend([error]))
+    with pytest.raises(type(error)):
+        engine.run_agent(engine.corpus().eval_set, kind="eval")
+    crashed = engine.store.runs()[-1]
+    assert crashed["status"] == "failed" and crashed["error"].startswith(type(error).__name__), crashed
+    good = ScriptedBackend([fix("bc_900")])
+    engine.backend_factory = lambda *_a: good
+    baseline = engine.baseline_eval()
+    assert baseline != crashed["run_id"] and good.calls                 # a fresh eval, not the crashed one
+    assert engine.store.run(baseline)["status"] == "done"
+    engine.close()
+
+
+def test_a_crash_in_the_check_is_stored_failed(koan_dir, tmp_path, monkeypatch):
+    from sleepy_tui.backends.fake import ScriptedBackend
+    from tests.test_app import fix
+    engine = _engine(koan_dir, tmp_path / "state", ScriptedBackend([fix("bc_901"), fix("bc_902")]))
+    real, calls = engine.sandbox.check, []
+
+    def check(code, tests, *a, **k):
+        calls.append(code)
+        if len(calls) == 4:                          # buggy 901, buggy 902, fix 901: then the fix of 902
+            raise OSError(errno.EMFILE, "Too many open files")
+        return real(code, tests, *a, **k)
+    monkeypatch.setattr(engine.sandbox, "check", check)
+    with pytest.raises(OSError):
+        engine.run_agent(engine.corpus().train_set, kind="day")
+    run = engine.store.runs()[-1]
+    assert run["status"] == "failed" and "Too many open files" in run["error"]
+    engine.close()
+
+
+def test_an_interrupted_run_is_not_done(koan_dir, tmp_path):
+    from sleepy_tui.backends.fake import ScriptedBackend
+    engine = _engine(koan_dir, tmp_path / "state", ScriptedBackend([KeyboardInterrupt()]))
+    with pytest.raises(KeyboardInterrupt):
+        engine.run_agent(engine.corpus().eval_set, kind="eval")
+    assert engine.store.runs()[-1]["status"] == "cancelled"
+    engine.close()
+
+
+def test_an_old_crashed_run_recorded_done_is_not_a_baseline(koan_dir, tmp_path):
+    """Before runs that crashed were stored failed, one could be `done` with fewer koans than it was given."""
+    from sleepy_tui.backends.fake import ScriptedBackend
+    from tests.test_app import fix
+    good = ScriptedBackend([fix("bc_900")])
+    engine = _engine(koan_dir, tmp_path / "state", good)
+    engine.store.save_run({"run_id": "eval-old", "kind": "eval", "status": "done", "koan_ids": ["bc_900"],
+                           "passed": 0, "total": 0, "adapter": "", "adapter_id": "", "started": 1.0})
+    assert engine.baseline_eval() != "eval-old" and good.calls
+    engine.close()
