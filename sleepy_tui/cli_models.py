@@ -5,6 +5,7 @@ Progress goes to stderr: one line redrawn in place on a terminal, a line every f
 
 from __future__ import annotations
 
+import argparse
 import sys
 import threading
 import time
@@ -159,7 +160,8 @@ def add_parser(sub, common):
     pp.set_defaults(models_func=cmd_rm)
     pp = msub.add_parser("setup", help="make the default model ready unless Ollama serves it (make run)")
     common(pp)
-    pp.add_argument("--ollama-host", dest="ollama_host", metavar="URL")
+    pp.add_argument("--ollama-host", dest="ollama_host", metavar="URL", default=argparse.SUPPRESS,
+                    help="where Ollama answers (default: OLLAMA_HOST, else http://127.0.0.1:11434)")
     pp.set_defaults(models_func=None)
     return p
 

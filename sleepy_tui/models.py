@@ -731,3 +731,15 @@ def _spec_of_file(path: Path) -> ModelSpec | None:
         if m.source.kind == "package" and package_path(m) == path:
             return m
     return None
+
+
+def display_name(model: str = "") -> str:
+    """The title of the model the embedded backend would run for `model` (see resolve), found without hashing
+    (cheap enough for the UI thread): the default falls back to the fast model when its file is absent."""
+    t = table()
+    spec = t.find(model or default_name())
+    if spec is None:
+        return Path(model).name or model
+    if not model and status(spec, check=False).path is None:
+        return f"{t.get(t.fast).title} ({spec.name} not pulled)"
+    return spec.title

