@@ -132,8 +132,8 @@ def test_auto_falls_back_to_embedded_when_ollama_is_down_or_lacks_the_model():
 
 
 def test_auto_with_an_adapter_uses_the_embedded_model(tmp_path):
-    adapter = tmp_path / "adapter.gguf"
-    adapter.write_bytes(b"GGUF")
+    from tests.test_bad_input import write_lora_gguf
+    adapter = write_lora_gguf(tmp_path / "adapter.gguf")     # checked before llama.cpp sees it: a real LoRA
     notices: list[str] = []
     b = make_backend(Settings(backend="auto", adapter=str(adapter)), on_notice=notices.append)
     assert b.name == "embedded" and b.adapter == str(adapter)

@@ -705,3 +705,120 @@ def test_an_old_crashed_run_recorded_done_is_not_a_baseline(koan_dir, tmp_path):
                            "passed": 0, "total": 0, "adapter": "", "adapter_id": "", "started": 1.0})
     assert engine.baseline_eval() != "eval-old" and good.calls
     engine.close()
+
+
+# ---- a GGUF adapter that is not a LoRA for this base (it crashed llama.cpp: SIGSEGV) -------------------------
+
+def _base_gguf() -> Path:
+    from sleepy_tui.backends.embedded import EmbeddedBackend
+    return EmbeddedBackend().path
+
+
+def write_lora_gguf(path: Path, *, arch: str = "llama", general_type: str | None = "adapter",
+                    adapter_type: str | None = "lora", tensors: dict[str, tuple[int, ...]] | None = None) -> Path:
+    """A small GGUF LoRA adapter (rank 2 on layer 0's attn_q and attn_k of the embedded model unless `tensors`,
+    numpy shapes, say otherwise): what gguf_export writes, zero weights."""
+    import gguf
+    import numpy as np
+
+    from sleepy_tui.training.gguf_check import base_info
+    if tensors is None:
+        shapes = base_info(_base_gguf())[1]
+        tensors = {}
+        for w in ("blk.0.attn_q.weight", "blk.0.attn_k.weight"):
+            fan_in, fan_out = shapes[w]                            # ggml order: [in, out]
+            tensors[f"{w}.lora_a"], tensors[f"{w}.lora_b"] = (2, fan_in), (fan_out, 2)
+    writer = gguf.GGUFWriter(str(path), arch=arch)
+    if general_type:
+        writer.add_string("general.type", general_type)
+    if adapter_type:
+        writer.add_string("adapter.type", adapter_type)
+    writer.add_float32("adapter.lora.alpha", 4.0)
+    for name, shape in tensors.items():
+        writer.add_tensor(name, np.zeros(shape, np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path
+
+
+def _truncated(p: Path) -> Path:
+    write_lora_gguf(p)
+    p.write_bytes(p.read_bytes()[: p.stat().st_size * 2 // 3])
+    return p
+
+
+BAD_ADAPTERS = {
+    "random-bytes": (lambda p: p.write_bytes(os.urandom(5000)), "is not a GGUF file"),
+    "empty": (lambda p: p.write_bytes(b""), "is not a GGUF file"),
+    "magic-then-garbage": (lambda p: p.write_bytes(b"GGUF\x03\x00\x00\x00" + os.urandom(3000)), "damaged GGUF file"),
+    "huge-counts": (lambda p: p.write_bytes(b"GGUF\x03\x00\x00\x00" + b"\xff" * 16 + b"\x00" * 64),
+                    "damaged GGUF file"),
+    "truncated": (_truncated, "damaged GGUF file"),
+    "a-model": (lambda p: write_lora_gguf(p, general_type="model"), "general.type is 'model', not 'adapter'"),
+    "no-type": (lambda p: write_lora_gguf(p, general_type=None), "general.type is None, not 'adapter'"),
+    "control-vector": (lambda p: write_lora_gguf(p, adapter_type="control_vector"),
+                       "adapter.type is 'control_vector', not 'lora'"),
+    "other-architecture": (lambda p: write_lora_gguf(p, arch="qwen2"), "is for architecture 'qwen2'; the base"),
+    "not-lora-tensor": (lambda p: write_lora_gguf(p, tensors={"blk.0.attn_q.weight": (576, 576)}),
+                        "tensor 'blk.0.attn_q.weight' is not a LoRA tensor"),
+    "lora-b-missing": (lambda p: write_lora_gguf(p, tensors={"blk.0.attn_q.weight.lora_a": (2, 576)}),
+                       "blk.0.attn_q.weight.lora_b is missing"),
+    "unknown-base-tensor": (lambda p: write_lora_gguf(p, tensors={"blk.99.attn_q.weight.lora_a": (2, 576),
+                                                                  "blk.99.attn_q.weight.lora_b": (576, 2)}),
+                            "blk.99.attn_q.weight is not a tensor of the base model"),
+    "wrong-shape": (lambda p: write_lora_gguf(p, tensors={"blk.0.attn_q.weight.lora_a": (2, 100),
+                                                          "blk.0.attn_q.weight.lora_b": (576, 2)}),
+                    "blk.0.attn_q.weight has lora_a [100, 2] and lora_b [2, 576], which do not fit"),
+    "ranks-differ": (lambda p: write_lora_gguf(p, tensors={"blk.0.attn_q.weight.lora_a": (2, 576),
+                                                           "blk.0.attn_q.weight.lora_b": (576, 3)}),
+                     "which do not fit"),
+    "no-tensors": (lambda p: write_lora_gguf(p, tensors={}), "holds no LoRA tensors"),
+    "directory": (lambda p: p.mkdir(), "is not a regular file"),
+    "fifo": (lambda p: os.mkfifo(p), "is not a regular file"),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(BAD_ADAPTERS))
+def test_a_bad_gguf_adapter_is_refused_before_llama_cpp_sees_it(tmp_path, kind):
+    pytest.importorskip("llama_cpp")
+    from sleepy_tui.backends.base import BackendUnavailable
+    from sleepy_tui.backends.embedded import EmbeddedBackend
+    make, message = BAD_ADAPTERS[kind]
+    path = tmp_path / "adapter.gguf"
+    make(path)
+    with pytest.raises(BackendUnavailable) as e:
+        EmbeddedBackend(adapter=str(path))
+    assert str(e.value).startswith(f"adapter {path}") and message in str(e.value), str(e.value)
+    assert "\n" not in str(e.value)
+
+
+def test_a_good_gguf_adapter_passes_the_check(tmp_path):
+    from fixtures_training import random_lora_adapter
+
+    from sleepy_tui.training.gguf_check import check_lora_adapter
+    from sleepy_tui.training.gguf_export import _gguf_info, export_gguf_lora
+    check_lora_adapter(write_lora_gguf(tmp_path / "small.gguf"), _base_gguf())
+    info = _gguf_info(_base_gguf())                     # what the trainer exports: every layer, four modules
+    cfg = {"model_type": "llama", "hidden_size": info["shapes"]["blk.0.attn_q.weight"][1],
+           "num_attention_heads": info["heads"], "num_key_value_heads": info["kv_heads"],
+           "intermediate_size": info["shapes"]["blk.0.ffn_up.weight"][0],
+           "num_hidden_layers": sum(1 for n in info["shapes"] if n.endswith(".attn_q.weight"))}
+    exported = export_gguf_lora(random_lora_adapter(tmp_path / "peft", cfg), tmp_path / "adapter.gguf",
+                                base_gguf=_base_gguf())
+    check_lora_adapter(exported, _base_gguf())
+
+
+@pytest.mark.parametrize("kind", ["random-bytes", "magic-then-garbage", "other-architecture", "wrong-shape"])
+def test_sleepy_run_with_a_bad_gguf_adapter_is_one_line_not_a_crash(koan_dir, tmp_path, kind):
+    pytest.importorskip("llama_cpp")
+    make, message = BAD_ADAPTERS[kind]
+    adapter = tmp_path / "adapter.gguf"
+    make(adapter)
+    state = tmp_path / "state"
+    code, _, err = sleepy(["run", "--backend", "embedded", "--adapter", str(adapter), "--koan", "bc_901",
+                           "--max-attempts", "1", "--koans", str(koan_dir), "--state", str(state)], tmp_path)
+    assert code == 2, (code, err)                         # not -11 (SIGSEGV)
+    one_error(err, str(adapter), message)
+    assert not [r for r in Store(state).runs() if r["status"] == "running"]

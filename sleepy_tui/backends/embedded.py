@@ -172,6 +172,12 @@ class EmbeddedBackend(Backend):
             self.engine = "llama.cpp"
             if self.adapter and Path(self.adapter).suffix != ".gguf":
                 raise BackendUnavailable(f"llama.cpp applies GGUF LoRA adapters; {self.adapter} is not a .gguf file")
+            if self.adapter:   # llama.cpp crashes (SIGSEGV) on a bad adapter file instead of raising
+                from ..training.gguf_check import AdapterError, check_lora_adapter
+                try:
+                    check_lora_adapter(self.adapter, self.path)
+                except AdapterError as e:
+                    raise BackendUnavailable(str(e)) from None
 
     @classmethod
     def from_settings(cls, settings) -> "EmbeddedBackend":
