@@ -11,7 +11,7 @@ from . import events as ev
 from .config import ConfigError, Settings, load_settings
 from .koans import FAMILIES, KoanError, load_corpus, load_koan, write_manifest
 from .locations import frozen_manifest
-from .safe_text import KOAN_MAX_BYTES, read_regular_file
+from .safe_text import KOAN_MAX_BYTES, SafeStream, read_regular_file
 
 
 class CliError(Exception):
@@ -599,6 +599,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # What this prints quotes koan files, model tokens, rustc and test output, state files and what was typed:
+    # all of it goes out through terminal_safe, so none of it can drive the terminal (the app writes to the real
+    # streams itself).
+    streams = sys.stdout, sys.stderr
+    sys.stdout, sys.stderr = SafeStream(streams[0]), SafeStream(streams[1])
+    try:
+        return _main(argv)
+    finally:
+        sys.stdout, sys.stderr = streams
+
+
+def _main(argv: list[str] | None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if getattr(args, "repeats", 1) < 1:

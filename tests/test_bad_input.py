@@ -430,6 +430,86 @@ def test_resume_when_the_dataset_file_is_gone(koan_dir, tmp_path, capsys):
     one_error(err, "gone.jsonl")
 
 
+# ---- terminal control sequences in untrusted text (issue 12, item 6) -------------------------------------------
+
+SEQUENCES = {"osc52-clipboard": "\x1b]52;c;aGVsbG8=\x07", "clear-screen": "\x1b[2J\x1b[H",
+             "alt-screen": "\x1b[?1049h", "carriage-return": "ok\rFAKE", "c1-csi": "\x9b2J",
+             "bidi-override": "\u202eevil\u202c"}
+
+
+def assert_terminal_safe(text: str) -> None:
+    bad = [c for c in text if (ord(c) < 0x20 and c not in "\n\t") or 0x7f <= ord(c) <= 0x9f
+           or c in "\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069"]
+    assert not bad, (bad, text)
+
+
+def rust_str(s: str) -> str:
+    """`s` as a Rust string literal, every non-printable character escaped (the source itself stays ASCII)."""
+    return '"' + "".join(c if 0x20 <= ord(c) < 0x7f and c not in '"\\' else f"\\u{{{ord(c):x}}}" for c in s) + '"'
+
+
+def _fix_printing(seq: str) -> str:
+    """A program for bc_901 whose report() prints `seq` and panics with it: its test fails, its output has `seq`."""
+    return ("pub fn total(v: &[i32]) -> i32 { v.iter().sum() }\n\npub fn report() -> (i32, usize) {\n"
+            f"    println!(\"{{}}\", {rust_str(seq)});\n    panic!(\"{{}}\", {rust_str(seq)});\n}}\n")
+
+
+@pytest.mark.parametrize("name", sorted(SEQUENCES))
+def test_verify_prints_the_test_output_with_its_control_characters_shown(koan_dir, tmp_path, capsys, name):
+    seq = SEQUENCES[name]
+    fix = tmp_path / "fix.rs"
+    fix.write_text(_fix_printing(seq))
+    code, out, err = cli(["verify", str(fix), "--koan", "bc_901", "--koans", str(koan_dir)], capsys)
+    assert code == 1 and "FAIL bc_901" in out, out + err
+    assert_terminal_safe(out + err)
+    from sleepy_tui.safe_text import terminal_safe
+    assert terminal_safe(seq) in out                                  # shown, as text
+
+
+def test_run_stream_prints_model_tokens_with_their_control_characters_shown(koan_dir, tmp_path, capsys):
+    hostile = "".join(SEQUENCES.values())
+    replies = tmp_path / "replies.json"
+    replies.write_text(json.dumps([f"{hostile} [bold]x[/]\n```rust\npub fn f() {{}} // {hostile}\n```\n", hostile]))
+    code, out, err = cli(["run", "--stream", "--backend", "fake", "--model", str(replies), "--koan", "bc_901",
+                          "--max-attempts", "2", "--koans", str(koan_dir), "--state", str(tmp_path / "state")], capsys)
+    assert code == 0, err
+    assert_terminal_safe(out + err)
+    assert "\\x1b]52;c;aGVsbG8=\\x07" in out and "\\x1b[?1049h" in out and "ok\\rFAKE" in out and "[bold]x[/]" in out
+
+
+@pytest.mark.parametrize("args", [["koans", "list"], ["koans", "show", "bc_903"], ["koans", "show", "bc_903",
+                                                                                   "--solution"]])
+def test_koan_text_is_printed_with_its_control_characters_shown(koan_dir, capsys, args):
+    toml_seq = "".join(f"\\u{ord(c):04X}" if ord(c) < 0x20 or ord(c) >= 0x7f else c
+                       for c in "".join(SEQUENCES.values()))
+    text = mini_koan("bc_903").replace('title = "Report total and count of readings"', f'title = "evil {toml_seq}"') \
+        .replace('hint = "Borrow instead of moving."', f'hint = "{toml_seq}"')
+    write_koan(koan_dir, "bc_903", text=text)
+    code, out, err = cli(args + ["--koans", str(koan_dir)], capsys)
+    assert code == 0, err
+    assert_terminal_safe(out + err)
+    assert "evil \\x1b]52;c;aGVsbG8=\\x07" in out
+
+
+@pytest.mark.parametrize("args", [
+    ["status", "--state", "{odd_file}"],                                # "can't be the state folder"
+    ["koans", "list", "--koans", "/nowhere/\x1b[?1049h"],               # "no such koan folder"
+    ["verify", "/nowhere/\x1b[2J.rs", "--koan", "bc_901"],              # "cannot read"
+    ["verify", "{fix}", "--koan", "\x1b]52;c;aGk=\x07"],                # "unknown koan id"
+], ids=["state-folder", "koans-folder", "verify-file", "koan-id"])
+def test_error_lines_quoting_input_show_its_control_characters(koan_dir, tmp_path, capsys, args):
+    fix = tmp_path / "fix.rs"
+    fix.write_text("pub fn f() {}\n")
+    odd = tmp_path / "state\x1b[2J"
+    odd.write_text("a file, not a folder")
+    args = [a.replace("{fix}", str(fix)).replace("{odd_file}", str(odd)) for a in args]
+    extra = [] if "--koans" in args else ["--koans", str(koan_dir)]
+    code, out, err = cli(args + extra, capsys)
+    assert code == 2
+    assert_terminal_safe(out + err)
+    assert "\\x1b" in err and "Traceback" not in err
+
+
 # ---- files that are not regular files, or too large (issue 12, item 7) ---------------------------------------
 
 def sleepy(args: list[str], tmp_path: Path, timeout: float = 90, memory_gb: int = 4) -> tuple[int, str, str]:

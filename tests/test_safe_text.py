@@ -142,8 +142,8 @@ def _only_sgr(out: str) -> bool:
 def _hostile_renderables():
     from sleepy_tui.app import render
     diag = {"level": "error", "message": HOSTILE,
-            "rendered": f"error[E0308]: mismatched types {HOSTILE}\n --> /tmp/x/main.rs:1:5\n  |\n1 | let x = \"{CLEAR}\";"
-                        f"\n  |         ^^^^ {OSC52}\n"}
+            "rendered": f"error[E0308]: mismatched types {HOSTILE}\n --> /tmp/x/main.rs:1:5\n  |\n"
+                        f"1 | let x = \"{CLEAR}\";\n  |         ^^^^ {OSC52}\n"}
     return {
         "code_block": render.code_block(f"fn main() {{ let s = \"{HOSTILE}\"; }}"),
         "diagnostic": render.diagnostic(diag),
