@@ -54,10 +54,11 @@ def by_model(messages, tokens: int, runs: int, quick: bool) -> None:
         threads = label.rsplit(", ", 1)[1]
         if label.startswith("smollm2"):
             base[threads] = rate
-        rows.append([label, f"{rate:.1f}", threads, f"{out} tokens generated"])
+        rows.append([label, f"{rate:.1f}", (threads, rate), f"{out} tokens generated"])
     for row in rows:                    # the ratio to SmolLM2 on the same thread count, once all are measured
-        if row[2] and row[2] in base:
-            row[2] = f"{float(row[1]) / base[row[2]]:.2f}x"
+        if row[2]:
+            threads, rate = row[2]
+            row[2] = f"{rate / base[threads]:.2f}x" if threads in base else ""
     body = (f"llama.cpp (`EmbeddedBackend`), same prompt (a frozen koan's first prompt), greedy, up to {tokens} new "
             f"tokens, median of {runs} run(s), model load excluded.\n\n"
             + table(["model, threads", "tokens/s", "vs smollm2-135m", "note"], rows))
