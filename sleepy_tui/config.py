@@ -36,6 +36,8 @@ class Settings:
     max_tokens: int = 768              # per reply
     # --- the agent loop ---
     max_attempts: int = 5
+    retry_strategy: str = "explore"    # how sampling changes between attempts (retry.py): explore | fixed
+    parallel: int = 1                  # koans in flight at once, where the backend serves several (servers)
     compile_timeout_s: float = 60.0
     run_timeout_s: float = 10.0
     memory_mb: int = 1024              # address space of a test binary
@@ -76,7 +78,10 @@ class Settings:
             p.append(f"backend: unknown {self.backend!r} (choose from {', '.join(BACKENDS)})")
         if self.train_backend not in TRAIN_BACKENDS:
             p.append(f"train_backend: unknown {self.train_backend!r} (choose from {', '.join(TRAIN_BACKENDS)})")
-        positive = ("max_attempts", "steps", "lora_rank", "lora_alpha", "batch_size", "grad_accum", "max_seq_len",
+        from .retry import STRATEGIES
+        if self.retry_strategy not in STRATEGIES:
+            p.append(f"retry_strategy: unknown {self.retry_strategy!r} (choose from {', '.join(STRATEGIES)})")
+        positive = ("max_attempts", "parallel", "steps", "lora_rank", "lora_alpha", "batch_size", "grad_accum", "max_seq_len",
                     "max_tokens", "compile_timeout_s", "run_timeout_s", "memory_mb", "learning_rate")
         for name in positive:
             if getattr(self, name) <= 0:

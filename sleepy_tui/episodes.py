@@ -33,6 +33,10 @@ class Episode:
     check_ms: float = 0.0
     tokens_in: int = 0
     tokens_out: int = 0
+    repeat_of: int | None = None   # the candidate was this attempt's program again (0: the broken program): not
+                                   # compiled twice, its verdict reused
+    temperature: float | None = None
+    seed: int | None = None
     time: float = field(default_factory=time.time)
 
     @property

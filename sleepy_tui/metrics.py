@@ -137,7 +137,7 @@ def cycle_table(runs: list[dict], episodes_of) -> list[CycleRow]:
     """One row per cycle from its finished eval runs (`episodes_of(run_id)` reads a run's episodes)."""
     evals: dict[int, list[dict]] = defaultdict(list)
     for r in runs:
-        if r.get("kind") == "eval" and r.get("status") in ("done", None):
+        if r.get("kind") == "eval" and r.get("status") in ("done", None) and r.get("sample") is None:
             evals[int(r.get("cycle", 0))].append(r)
     rows: list[CycleRow] = []
     prev: dict[str, KoanOutcome] | None = None
@@ -157,6 +157,27 @@ def cycle_table(runs: list[dict], episodes_of) -> list[CycleRow]:
         rows.append(row)
         prev = latest
     return rows
+
+
+@dataclass
+class PassAtK:
+    """K independent first attempts per koan (`sleepy eval --samples K`)."""
+    k: int
+    pass_at_1: float                 # mean over koans of the share of samples that passed
+    pass_at_k: float                 # share of koans that at least one of the K samples passed
+    spread: float                    # standard deviation of the K per-sample pass rates
+    per_koan: dict[str, float]       # koan -> share of its samples that passed
+
+
+def pass_at_k(sample_runs: list[list[dict]]) -> PassAtK:
+    """From the episodes of K sample runs over the same koans."""
+    outs = [koan_outcomes(eps) for eps in sample_runs]
+    koans = sorted(set().union(*outs)) if outs else []
+    per_koan = {kid: statistics.mean(o[kid].passed if kid in o else 0 for o in outs) for kid in koans}
+    rates = [metrics_of(o).pass_rate for o in outs]
+    return PassAtK(k=len(outs), pass_at_1=statistics.mean(per_koan.values()) if koans else 0.0,
+                   pass_at_k=(sum(v > 0 for v in per_koan.values()) / len(koans)) if koans else 0.0,
+                   spread=statistics.pstdev(rates) if len(rates) > 1 else 0.0, per_koan=per_koan)
 
 
 def store_cycle_table(store) -> list[CycleRow]:

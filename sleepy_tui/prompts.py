@@ -56,9 +56,11 @@ def render_diagnostics(diags: list[Diagnostic], limit: int = MAX_DIAGNOSTIC_CHAR
 
 def build_messages(koan: Koan, *, buggy_diagnostics: list[Diagnostic] | None = None,
                    previous: str | None = None, previous_diagnostics: list[Diagnostic] | None = None,
-                   previous_failure: str = "", previous_signature: str | None = None) -> list[dict]:
+                   previous_failure: str = "", previous_signature: str | None = None,
+                   repeat_of: int | None = None) -> list[dict]:
     """The chat for one attempt: the task and the broken program with its errors; on a retry, the previous
-    attempt and what the compiler or the tests said about it, plus hints for those errors."""
+    attempt and what the compiler or the tests said about it, plus hints for those errors. `repeat_of` says
+    that the previous reply was an exact repeat (0: of the broken program, n: of attempt n)."""
     parts = [f"Task: {koan.title}", "", "This Rust program does not compile or fails its tests:",
              "```rust", koan.buggy.strip(), "```"]
     latest = previous_diagnostics if previous is not None or previous_signature else buggy_diagnostics
@@ -66,9 +68,19 @@ def build_messages(koan: Koan, *, buggy_diagnostics: list[Diagnostic] | None = N
         errs = render_diagnostics(buggy_diagnostics or [])
         if errs:
             parts += ["", "The compiler says:", "```", errs, "```"]
+    elif repeat_of == 0:
+        parts += ["", "Your previous reply was this broken program itself, unchanged. Change the code."]
+        errs = render_diagnostics(previous_diagnostics or [])
+        if errs:
+            parts += ["", "It still fails to compile:", "```", errs, "```"]
+        elif previous_failure:
+            parts += ["", "It still fails its tests:", "```", previous_failure.strip()[-MAX_DIAGNOSTIC_CHARS:], "```"]
     else:
         if previous:
             parts += ["", "Your previous attempt:", "```rust", previous.strip(), "```"]
+        if repeat_of:
+            parts += ["", f"It is exactly your attempt {repeat_of} again, which already failed like this. "
+                          "Write a different fix."]
         errs = render_diagnostics(previous_diagnostics or [])
         if errs:
             parts += ["", "It failed to compile:", "```", errs, "```"]

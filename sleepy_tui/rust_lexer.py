@@ -14,7 +14,7 @@ from dataclasses import dataclass
 @dataclass(frozen=True)
 class Token:
     kind: str   # "ident", "lifetime", "literal", "punct"
-    text: str   # an identifier without its r# prefix; "::", "->" and "=>" are one punct token each
+    text: str   # the source text; an identifier without its r# prefix; "::", "->" and "=>" are one token each
     line: int   # 1-based
 
 
@@ -65,7 +65,7 @@ def tokenize(src: str) -> list[Token]:
         raw = _raw_string_end(src, i)
         if raw is not None:
             line += src.count("\n", i, raw)
-            emit("literal", "str", start_line)
+            emit("literal", src[i:raw], start_line)
             i = raw
             continue
         if ch == '"' or (ch in "bc" and src.startswith('"', i + 1)):
@@ -74,13 +74,13 @@ def tokenize(src: str) -> list[Token]:
                 i += 1 if ch == '"' else 2
                 continue
             line += src.count("\n", i, j)
-            emit("literal", "str", start_line)
+            emit("literal", src[i:j], start_line)
             i = j
             continue
         if ch == "b" and src.startswith("'", i + 1):
             j = _quoted_end(src, i + 2, "'")
             if j is not None:
-                emit("literal", "char", start_line)
+                emit("literal", src[i:j], start_line)
                 i = j
                 continue
         if ch == "r" and src.startswith("r#", i) and i + 2 < n and _ident_start(src[i + 2]):
@@ -102,11 +102,11 @@ def tokenize(src: str) -> list[Token]:
             if i + 1 < n and src[i + 1] == "\\":
                 j = _quoted_end(src, i + 1, "'")
                 if j is not None:
-                    emit("literal", "char", start_line)
+                    emit("literal", src[i:j], start_line)
                     i = j
                     continue
             elif i + 2 < n and src[i + 2] == "'" and src[i + 1] != "\n":
-                emit("literal", "char", start_line)
+                emit("literal", src[i:i + 3], start_line)
                 i += 3
                 continue
             j = i + 1
@@ -120,7 +120,7 @@ def tokenize(src: str) -> list[Token]:
             while j < n and (src[j].isalnum() or src[j] == "_"
                              or (src[j] == "." and j + 1 < n and src[j + 1].isdigit() and src[j - 1] != ".")):
                 j += 1
-            emit("literal", "number", start_line)
+            emit("literal", src[i:j], start_line)
             i = j
             continue
         if src.startswith(("::", "->", "=>"), i):

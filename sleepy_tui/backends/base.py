@@ -54,6 +54,7 @@ class Backend(ABC):
     model: str
     adapter: str | None = None
     name: str = field(default="base", init=False)
+    max_parallel = 1   # requests it serves at once (a server: many; an in-process model: one)
 
     @abstractmethod
     def stream(self, messages: list[Message], options: GenOptions) -> Iterator[Chunk]:

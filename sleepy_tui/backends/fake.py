@@ -25,6 +25,7 @@ class ScriptExhausted(AssertionError):
 @register("fake")
 class ScriptedBackend(Backend):
     name = "fake"
+    max_parallel = 64
     __eq__ = object.__eq__      # identity, not the dataclass field comparison of Backend
     __hash__ = object.__hash__
 

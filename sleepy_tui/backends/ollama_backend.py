@@ -97,6 +97,7 @@ class OllamaBackend(Backend):
     connect_timeout_s: float = 5.0
     read_timeout_s: float = 600.0     # the first request waits while Ollama loads the model
     name: str = field(default="ollama", init=False)
+    max_parallel = 64  # a server queues or batches concurrent requests
 
     def __post_init__(self) -> None:
         self.model = self.model or DEFAULT_MODEL

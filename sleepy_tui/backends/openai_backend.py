@@ -29,6 +29,7 @@ class OpenAIBackend(Backend):
     connect_timeout_s: float = 5.0
     read_timeout_s: float = 600.0
     name: str = field(default="openai", init=False)
+    max_parallel = 64  # a server queues or batches concurrent requests
 
     def __post_init__(self) -> None:
         if self.adapter:
