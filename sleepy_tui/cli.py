@@ -22,7 +22,7 @@ def _settings(args) -> Settings:
     cli = {k: getattr(args, k, None) for k in ("backend", "model", "adapter", "max_attempts", "temperature",
                                                "seed", "max_tokens", "steps", "learning_rate", "lora_rank",
                                                "lora_alpha", "batch_size", "replay_share", "train_backend",
-                                               "checkpoint_every", "ollama_host")}
+                                               "checkpoint_every", "ollama_host", "retry_strategy", "parallel")}
     if getattr(args, "koans", None):
         cli["koans_dir"] = str(Path(args.koans).resolve())
     if getattr(args, "state", None):
@@ -97,8 +97,13 @@ def cmd_koans_check(args) -> int:
 def cmd_koans_freeze(args) -> int:
     s = _settings(args)
     corpus = load_corpus(s.koans_path, strict=False)
-    ids = args.ids or [k.id for k in corpus.eval_set]
-    koans = corpus.select(ids=ids)
+    # the frozen set as the manifest names it: an edited frozen koan is re-frozen, never dropped from it
+    everything = {**corpus.koans, **corpus.edited}
+    ids = args.ids or list(corpus.frozen_ids) or [k.id for k in corpus.eval_set]
+    unknown = [i for i in ids if i not in everything]
+    if unknown:
+        raise CliError(f"unknown koan id(s): {', '.join(unknown)}")
+    koans = [everything[i] for i in ids]
     path = frozen_manifest(s.koans_path)
     write_manifest(path, koans)
     print(f"froze {len(koans)} koans into {path}")
@@ -343,12 +348,18 @@ def _print_summary(store, run_id: str) -> None:
         print("  failures: " + ", ".join(f"{s} x{n}" for s, n in list(m.final_signature_counts.items())[:6]))
 
 
-def _agent_run(args, koans, *, kind: str, cycle: int | None) -> int:
+def _agent_run(args, koans, *, kind: str, cycle: int | None, sample: int | None = None, repeat: int = 0) -> int:
+    _run_once(args, koans, kind=kind, cycle=cycle, sample=sample, repeat=repeat)
+    return 0
+
+
+def _run_once(args, koans, *, kind: str, cycle: int | None, sample: int | None = None, repeat: int = 0) -> str:
+    """One run through the engine, its summary printed; returns its run id."""
     engine = _engine(args)
     cancel = threading.Event()
     try:
         result = engine.run_agent(koans, kind=kind, cycle=cycle, on_event=_Printer(getattr(args, "stream", False)),
-                                  cancel=cancel)
+                                  cancel=cancel, sample=sample, repeat=repeat)
     except KeyboardInterrupt:
         cancel.set()
         raise
@@ -365,7 +376,7 @@ def _agent_run(args, koans, *, kind: str, cycle: int | None) -> int:
     _print_summary(engine.store, result.run_id)
     if result.error:
         raise CliError(result.error)
-    return 0
+    return result.run_id
 
 
 def cmd_run(args) -> int:
@@ -394,8 +405,10 @@ def cmd_eval(args) -> int:
     if not koans:
         raise CliError("the frozen eval set is empty (is koans/frozen_eval.toml present?)")
     rc = 0
-    for _ in range(args.repeats):
-        rc = _agent_run(args, koans, kind="eval", cycle=args.cycle) or rc
+    if args.samples:
+        return _eval_samples(args, s, koans)
+    for r in range(args.repeats):
+        rc = _agent_run(args, koans, kind="eval", cycle=args.cycle, repeat=r) or rc
     if args.repeats > 1:
         from .metrics import store_cycle_table
         from .store import Store
@@ -403,6 +416,22 @@ def cmd_eval(args) -> int:
         print(f"\ncycle {args.cycle}: pass rate over {len(row.pass_rates)} runs: mean {row.pass_rate_mean:.1%}, "
               f"spread (sd) {row.pass_rate_spread:.1%}; runs: " + ", ".join(f"{p:.0%}" for p in row.pass_rates))
     return rc
+
+
+def _eval_samples(args, s: Settings, koans) -> int:
+    """K independent first attempts per koan: pass@1 and pass@K with their spread."""
+    from .metrics import pass_at_k
+    from .retry import STRATEGIES
+    from .store import Store
+    run_ids = [_run_once(args, koans, kind="eval", cycle=args.cycle, sample=k) for k in range(args.samples)]
+    store = Store(s.state_path, on_warning=_warn)
+    p = pass_at_k([store.episodes(rid) for rid in run_ids])
+    print(f"\ncycle {args.cycle}, {p.k} independent first attempts per koan ({s.retry_strategy} strategy, "
+          f"temperature {STRATEGIES[s.retry_strategy].sample_temperature}): pass@1 {p.pass_at_1:.1%} "
+          f"(spread {p.spread:.1%}), pass@{p.k} {p.pass_at_k:.1%}")
+    for kid, share in p.per_koan.items():
+        print(f"  {kid:10} {share:.0%}")
+    return 0
 
 
 def cmd_status(args) -> int:
@@ -470,6 +499,10 @@ def _model_flags(p: argparse.ArgumentParser, top: bool = False) -> None:
     p.add_argument("--temperature", type=float, **d)
     p.add_argument("--seed", type=int, **d)
     p.add_argument("--max-tokens", type=int, dest="max_tokens", **d)
+    p.add_argument("--retry-strategy", dest="retry_strategy", metavar="NAME",
+                   help="how sampling changes between attempts: explore (default) | fixed", **d)
+    p.add_argument("--parallel", type=int, metavar="N", help="koans in flight at once (servers: Ollama, "
+                   "OpenAI-compatible; the embedded model runs one)", **d)
     p.add_argument("--ollama-host", dest="ollama_host", metavar="URL", help="where Ollama answers "
                    "(default: OLLAMA_HOST, else http://127.0.0.1:11434)", **d)
     if not top:
@@ -538,6 +571,7 @@ def build_parser() -> argparse.ArgumentParser:
     _model_flags(p)
     p.add_argument("--cycle", type=int, required=True)
     p.add_argument("--repeats", type=int, default=1)
+    p.add_argument("--samples", type=int, metavar="K", help="K independent first attempts per koan: pass@1, pass@K")
     p.add_argument("--family", choices=FAMILIES)
     p.set_defaults(func=cmd_eval)
 
@@ -615,6 +649,8 @@ def _main(argv: list[str] | None) -> int:
     args = parser.parse_args(argv)
     if getattr(args, "repeats", 1) < 1:
         parser.error("--repeats must be >= 1")
+    if getattr(args, "samples", None) is not None and args.samples < 1:
+        parser.error("--samples must be >= 1")
     if getattr(args, "count", None) is not None and args.count < 1:
         parser.error("--count must be >= 1")
     if getattr(args, "cycles", 1) < 1:

@@ -106,7 +106,10 @@ class Engine:
 
     def run_agent(self, koans: list[Koan], *, kind: str = "day", cycle: int | None = None,
                   on_event: ev.EventSink = ev.ignore, cancel: threading.Event | None = None,
-                  backend: Backend | None = None, adapter_id: str | None = None) -> RunResult:
+                  backend: Backend | None = None, adapter_id: str | None = None, sample: int | None = None,
+                  repeat: int = 0) -> RunResult:
+        """A day or eval run. `sample`: one independent first attempt per koan (eval --samples K runs K of
+        them); `repeat`: the index of a repeated whole run (its seeds differ from the others')."""
         if backend is None:
             backend = self.make_backend(on_notice=lambda m: on_event(ev.Notice("info", m)))
             cur = self.current_adapter()
@@ -115,7 +118,8 @@ class Engine:
         agent = Agent(backend, self.sandbox, self.store, self.settings, on_event=on_event, cancel=cancel)
         run_id = new_run_id(kind)
         try:
-            return agent.run(koans, kind=kind, cycle=cycle, run_id=run_id, run_meta={"adapter_id": adapter_id or ""})
+            return agent.run(koans, kind=kind, cycle=cycle, run_id=run_id, run_meta={"adapter_id": adapter_id or ""},
+                             sample=sample, repeat=repeat)
         except BaseException as e:
             self._record_crash(run_id, e)
             raise

@@ -100,6 +100,8 @@ def load_koan(path: Path, families: tuple[str, ...] | None = FAMILIES) -> Koan:
 class Corpus:
     koans: dict[str, Koan]
     errors: list[str]  # one line per skipped file / manifest problem
+    edited: dict[str, Koan] = field(default_factory=dict)  # frozen koans refused because they were edited
+    frozen_ids: tuple[str, ...] = ()                        # the manifest's ids, loaded or not
 
     def select(self, *, split: str | None = None, family: str | None = None, ids: list[str] | None = None) -> list[Koan]:
         out = [k for k in self.koans.values()
@@ -191,6 +193,7 @@ def load_corpus(root: Path | None = None, *, all_frozen: bool = False, strict: b
             continue
         koans[k.id] = k
     manifest = {} if all_frozen else read_manifest(manifest_path)
+    edited: dict[str, Koan] = {}
     for kid, want in manifest.items():
         k = koans.get(kid)
         if k is None:
@@ -202,12 +205,12 @@ def load_corpus(root: Path | None = None, *, all_frozen: bool = False, strict: b
             if strict:
                 raise KoanError(msg)
             errors.append(msg)
-            del koans[kid]
+            edited[kid] = _with_split(koans.pop(kid), "eval")
             continue
     for kid, k in koans.items():
         if all_frozen or kid in manifest:
             koans[kid] = _with_split(k, "eval")
-    return Corpus(koans=koans, errors=errors)
+    return Corpus(koans=koans, errors=errors, edited=edited, frozen_ids=tuple(manifest))
 
 
 def _with_split(k: Koan, split: str) -> Koan:
