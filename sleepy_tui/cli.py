@@ -254,10 +254,10 @@ def cmd_adapters(args) -> int:
     store = engine.store
     try:
         if args.adapters_command == "promote":
-            adapters.promote(store, args.id)
+            engine.promote(args.id)
             print(f"{args.id} is now the current adapter")
         elif args.adapters_command == "rollback":
-            prev = adapters.rollback(store)
+            prev = engine.rollback()
             print(f"current adapter: {prev or 'none (base model)'}")
         else:
             cur = store.get_value("current_adapter")

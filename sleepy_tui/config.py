@@ -54,7 +54,8 @@ class Settings:
     max_seq_len: int = 1024
     checkpoint_every: int = 20         # steps between training checkpoints (0: only at the end / on stop)
     replay_share: float = 0.3          # share of replayed, already-solved examples in a dataset
-    gate_tolerance: float = 0.0        # pass-rate drop (0..1) the gate accepts; regressions allowed = 0
+    gate_tolerance: float = 0.0        # share (0..1) of frozen koans that may regress, and of pass rate that may
+                                       # drop, for the gate to promote; 0: none
     # --- where ---
     koans_dir: str = ""                # empty: the project's koans/
     state_dir: str = ""                # empty: the project's state/

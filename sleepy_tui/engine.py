@@ -88,12 +88,21 @@ class Engine:
     def current_adapter(self) -> dict | None:
         return adapters.current(self.store)
 
+    def promote(self, adapter_id: str) -> dict:
+        """Make an adapter current by hand; the next gate compares against its eval."""
+        return adapters.promote(self.store, adapter_id)
+
+    def rollback(self) -> str | None:
+        """Back to the adapter current before the last promotion (None: the base model)."""
+        return adapters.rollback(self.store)
+
     def make_backend(self, *, adapter: dict | None | str = "current",
-                     on_notice: Callable[[str], None] | None = None) -> Backend:
+                     on_notice: Callable[[str], None] | None = None, backend_name: str | None = None) -> Backend:
         """A backend with the promoted adapter (or `adapter`, a store record; None: the bare base model).
 
-        An adapter path given in the settings (`--adapter`) always wins."""
-        s = self.settings
+        An adapter path given in the settings (`--adapter`) always wins. `backend_name` overrides the settings'
+        backend for this one backend (the settings themselves never change)."""
+        s = self.settings if backend_name is None else self.settings.replace(backend=backend_name)
         if not s.adapter:
             meta = self.current_adapter() if adapter == "current" else adapter
             if meta:
@@ -107,11 +116,11 @@ class Engine:
     def run_agent(self, koans: list[Koan], *, kind: str = "day", cycle: int | None = None,
                   on_event: ev.EventSink = ev.ignore, cancel: threading.Event | None = None,
                   backend: Backend | None = None, adapter_id: str | None = None, sample: int | None = None,
-                  repeat: int = 0) -> RunResult:
+                  repeat: int = 0, backend_name: str | None = None) -> RunResult:
         """A day or eval run. `sample`: one independent first attempt per koan (eval --samples K runs K of
         them); `repeat`: the index of a repeated whole run (its seeds differ from the others')."""
         if backend is None:
-            backend = self.make_backend(on_notice=lambda m: on_event(ev.Notice("info", m)))
+            backend = self.make_backend(on_notice=lambda m: on_event(ev.Notice("info", m)), backend_name=backend_name)
             cur = self.current_adapter()
             adapter_id = adapter_id or (cur["adapter_id"] if cur and not self.settings.adapter else None)
         cycle = self.current_cycle() if cycle is None else cycle
@@ -223,22 +232,29 @@ class Engine:
     # ---- the gate and the cycle -------------------------------------------------------------------------------
 
     def gate(self, baseline_run_id: str, candidate_run_id: str) -> tuple[bool, str, dict]:
-        """Promote only if the frozen pass rate does not drop (beyond the tolerance) and no koan regresses."""
+        """Promote only if at most `gate_tolerance` x koans regress (default 0: none may) and the frozen pass rate
+        drops by no more than that share. The reason says which rule decided, with the numbers."""
         old = koan_outcomes(self.store.episodes(baseline_run_id))
         new = koan_outcomes(self.store.episodes(candidate_run_id))
         regressions, gains = compare(old, new)
         before, after = metrics_of(old).pass_rate, metrics_of(new).pass_rate
-        allowed = int(self.settings.gate_tolerance * len(new))
-        facts = {"pass_rate_before": before, "pass_rate_after": after, "regressions": regressions, "gains": gains}
-        if after < before - self.settings.gate_tolerance - 1e-9:
-            return False, f"pass rate dropped {before:.1%} -> {after:.1%}", facts
+        tolerance = self.settings.gate_tolerance
+        allowed = int(tolerance * len(new) + 1e-9)
+        facts = {"pass_rate_before": before, "pass_rate_after": after, "regressions": regressions, "gains": gains,
+                 "regressions_allowed": allowed}
+        if after < before - tolerance - 1e-9:
+            return False, f"pass rate dropped {before:.1%} -> {after:.1%} (tolerance {tolerance:.0%})", facts
         if len(regressions) > allowed:
-            return False, f"{len(regressions)} koan(s) regressed: {', '.join(regressions)}", facts
+            return False, (f"{len(regressions)} koan(s) regressed: {', '.join(regressions)} "
+                           f"(allowed: {allowed})"), facts
+        regressed = (f"{len(regressions)} regression(s) within the tolerance ({allowed} allowed): "
+                     f"{', '.join(regressions)}" if regressions else "no regressions")
         if after == before and not gains:
-            return True, f"no change ({after:.1%}), no regressions", facts
-        return True, f"pass rate {before:.1%} -> {after:.1%}, gains {len(gains)}, no regressions", facts
+            return True, f"no change ({after:.1%}), {regressed}", facts
+        return True, f"pass rate {before:.1%} -> {after:.1%}, gains {len(gains)}, {regressed}", facts
 
-    def baseline_eval(self, *, on_event: ev.EventSink = ev.ignore, cancel: threading.Event | None = None) -> str:
+    def baseline_eval(self, *, on_event: ev.EventSink = ev.ignore, cancel: threading.Event | None = None,
+                      backend_name: str | None = None) -> str:
         """The eval run of the current model (promoted adapter or base); run it if there is none."""
         run_id = self.store.get_value("current_eval_run")
         if run_id and self.store.run(run_id) and self.store.run(run_id).get("status") == "done":
@@ -255,7 +271,7 @@ class Engine:
             return run_id
         corpus = self.corpus()
         res = self.run_agent(corpus.eval_set, kind="eval", cycle=self.current_cycle(), on_event=on_event,
-                             cancel=cancel)
+                             cancel=cancel, backend_name=backend_name)
         if res.cancelled or res.error:
             raise EngineError(res.error or "baseline eval cancelled")
         self._record_baseline(res.run_id)
@@ -275,13 +291,13 @@ class Engine:
         if backend_name not in ("auto",) + TRAINABLE_BACKENDS:
             raise EngineError(f"a cycle trains the model it evaluates: the {backend_name} backend can't load a fresh "
                               "adapter; use --backend embedded (or transformers/mlx with a local model)")
-        if backend_name == "auto":
-            self.settings = self.settings.replace(backend="embedded")
-        baseline = self.baseline_eval(on_event=on_event, cancel=cancel)
+        # every stage of a cycle serves the model it trains: `auto` means the embedded model, for this cycle only
+        serve = "embedded" if backend_name == "auto" else backend_name
+        baseline = self.baseline_eval(on_event=on_event, cancel=cancel, backend_name=serve)
         n = self.current_cycle() + 1
         corpus = self.corpus()
         koans = corpus.day_queue(day_count)
-        day = self.run_agent(koans, kind="day", cycle=n, on_event=on_event, cancel=cancel)
+        day = self.run_agent(koans, kind="day", cycle=n, on_event=on_event, cancel=cancel, backend_name=serve)
         if day.cancelled or day.error:
             raise EngineError(day.error or "cycle cancelled during the day")
         dataset = self.build_dataset(run_ids=[day.run_id], corpus=corpus)

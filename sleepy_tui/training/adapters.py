@@ -50,6 +50,8 @@ def promote(store: Store, adapter_id: str, reason: str = "by hand") -> dict:
         history.append(prev)
     store.set_value("adapter_history", history)
     store.set_value("current_adapter", adapter_id)
+    # the next gate compares against this model's own eval (none yet: the baseline eval finds or runs one)
+    store.set_value("current_eval_run", meta.get("eval_run_id"))
     meta.update(promoted=True, promoted_reason=reason, promoted_at=time.time())
     record(store, meta)
     return meta
@@ -61,8 +63,15 @@ def rollback(store: Store) -> str | None:
     if not history and not store.get_value("current_adapter"):
         raise AdapterError("nothing to roll back: the base model is already current")
     prev = history.pop() if history else None
+    left = store.get_value("current_adapter")
     store.set_value("adapter_history", history)
     store.set_value("current_adapter", prev)
+    # the baseline is the eval of the model that is current again (the base model's: found or run anew)
+    store.set_value("current_eval_run", get(store, prev).get("eval_run_id") if prev else None)
+    if left:
+        meta = get(store, left)
+        meta.update(promoted=False, rolled_back_at=time.time())
+        record(store, meta)
     return prev
 
 
