@@ -108,11 +108,16 @@ class Agent:
         for attempt in range(1, attempts + 1):
             if self.cancel.is_set():
                 break
-            messages = build_messages(
-                koan, buggy_diagnostics=buggy.diagnostics, previous=previous,
-                previous_diagnostics=last.diagnostics if last else None,
-                previous_failure=(last.output if last and last.outcome != "compile_error" else ""),
-                previous_signature=last_sig, repeat_of=repeat_of)
+            if repeat_of is not None and self.strategy.restart_after_repeat:
+                # The model copies the program it is shown; after a repeat, a fresh sample of the first prompt
+                # (new seed, warmer) explores where showing the repeated program once more would not.
+                messages = build_messages(koan, buggy_diagnostics=buggy.diagnostics)
+            else:
+                messages = build_messages(
+                    koan, buggy_diagnostics=buggy.diagnostics, previous=previous,
+                    previous_diagnostics=last.diagnostics if last else None,
+                    previous_failure=(last.output if last and last.outcome != "compile_error" else ""),
+                    previous_signature=last_sig, repeat_of=repeat_of)
             options = (self.strategy.sample_options(self.settings, koan.id, sample) if sample is not None
                        else self.strategy.options(self.settings, koan.id, attempt, repeat))
             reply = self.backend.chat(

@@ -23,6 +23,8 @@ class RetryStrategy:
     catch_repeats: bool = True             # a candidate equal to the broken program or an earlier one is not
                                            # compiled again, and the next prompt says so
     sample_temperature: float = 0.8        # independent first attempts (`sleepy eval --samples K`)
+    restart_after_repeat: bool = False     # after a repeat, ask afresh (the first attempt's prompt, a new seed and
+                                           # temperature) instead of showing the repeated program once more
 
     def options(self, settings, koan_id: str, attempt: int, sample: int = 0) -> GenOptions:
         """Sampling for one attempt of one koan (attempt is 1-based; sample counts independent runs)."""
@@ -52,7 +54,8 @@ STRATEGIES: dict[str, RetryStrategy] = {s.name: s for s in (
     RetryStrategy("fixed", "the loop before 2026-12-02: the settings' temperature and seed on every attempt, "
                   "repeats compiled again", temperatures=(), seed_per_attempt=False, catch_repeats=False),
     RetryStrategy("explore", "greedy first, then warmer (0.7 .. 1.0), a seed per attempt; an exact repeat is "
-                  "caught before compiling and the next prompt says so", temperatures=(0.0, 0.7, 0.8, 0.9, 1.0)),
+                  "caught before compiling, and the attempt after it is a fresh sample of the first prompt",
+                  temperatures=(0.0, 0.7, 0.8, 0.9, 1.0), restart_after_repeat=True),
 )}
 DEFAULT_STRATEGY = "explore"
 

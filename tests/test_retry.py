@@ -58,9 +58,23 @@ def test_identical_candidates_are_caught_and_not_compiled_twice(corpus, sandbox,
     # compiled: the broken program (for its diagnostics), the new wrong program, the fix; never a repeat
     assert len(counting.checked) == 3
     assert candidate_key(counting.checked[1]) == candidate_key(WRONG)
-    third, fourth = backend.calls[2][-1]["content"], backend.calls[3][-1]["content"]
-    assert "exactly your attempt 2 again" in fourth
-    assert "broken program itself" not in third and "unchanged" in backend.calls[1][-1]["content"]
+    # after each repeat the next prompt is the first prompt again (a fresh sample), never the repeated program
+    first, second, fourth = (backend.calls[i][-1]["content"] for i in (0, 1, 3))
+    assert second == first and fourth == first
+    assert "Your previous attempt" in backend.calls[2][-1]["content"]
+
+
+def test_without_restarts_the_next_prompt_names_the_repeat(corpus, sandbox, store):
+    from dataclasses import replace
+
+    import sleepy_tui.retry as retry
+    koan = corpus.koans["bc_901"]
+    backend = ScriptedBackend([fence(koan.buggy), fence(WRONG), fence(WRONG), fence(koan.solution)])
+    agent = Agent(backend, sandbox, store, Settings(max_attempts=4))
+    agent.strategy = replace(retry.STRATEGIES["explore"], restart_after_repeat=False)
+    agent.run([koan])
+    assert "broken program itself, unchanged" in backend.calls[1][-1]["content"]
+    assert "exactly your attempt 2 again" in backend.calls[3][-1]["content"]
 
 
 def test_the_fixed_strategy_compiles_repeats_as_before(corpus, sandbox, store):
