@@ -399,9 +399,13 @@ def cmd_run(args) -> int:
 def cmd_eval(args) -> int:
     s = _settings(args)
     corpus = _corpus(args, s, eval_folder=True)
-    koans = corpus.eval_set
-    if args.family:
-        koans = [k for k in koans if k.family == args.family]
+    engine = _engine(args)
+    try:
+        koans = engine.eval_koans(args.koan, family=args.family, corpus=corpus)
+    finally:
+        engine.close()
+    if not koans and (args.koan or args.family):
+        raise CliError("no frozen koans match")
     if not koans:
         raise CliError("the frozen eval set is empty (is koans/frozen_eval.toml present?)")
     rc = 0
@@ -573,6 +577,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--repeats", type=int, default=1)
     p.add_argument("--samples", type=int, metavar="K", help="K independent first attempts per koan: pass@1, pass@K")
     p.add_argument("--family", choices=FAMILIES)
+    p.add_argument("--koan", action="append", metavar="ID",
+                   help="only this frozen koan (repeatable): a quick check, never the gate's baseline")
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("train", help="sleep: train a LoRA adapter on the verified fixes so far")

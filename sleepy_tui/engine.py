@@ -17,7 +17,7 @@ from .agent import Agent, RunResult
 from .backends.base import Backend
 from .config import Settings
 from .episodes import new_run_id
-from .koans import Corpus, Koan, load_corpus
+from .koans import Corpus, Koan, KoanError, load_corpus
 from .metrics import compare, koan_outcomes, metrics_of
 from .sandbox import Limits, Sandbox
 from .store import Store
@@ -112,6 +112,20 @@ class Engine:
         return self.backend_factory(s, on_notice)
 
     # ---- day and eval ----------------------------------------------------------------------------------------
+
+    def eval_koans(self, ids: list[str] | None = None, family: str | None = None,
+                   corpus: Corpus | None = None) -> list[Koan]:
+        """The koans an eval runs: the frozen set, one family of it, or the frozen koans named by `ids` (a quick
+        check of one koan). A training koan is refused (KoanError): an eval only ever runs frozen koans.
+
+        A run of part of the set is never taken as the gate's baseline (see baseline_eval)."""
+        corpus = corpus or self.corpus()
+        koans = corpus.select(ids=ids) if ids else corpus.eval_set
+        training = [k.id for k in koans if k.split != "eval"]
+        if training:
+            raise KoanError(f"{', '.join(training)}: not in the frozen eval set (`sleepy run --koan` runs "
+                            "training koans)")
+        return [k for k in koans if family is None or k.family == family]
 
     def run_agent(self, koans: list[Koan], *, kind: str = "day", cycle: int | None = None,
                   on_event: ev.EventSink = ev.ignore, cancel: threading.Event | None = None,
@@ -261,15 +275,18 @@ class Engine:
             return run_id
         cur = self.current_adapter()
         want = cur["adapter_id"] if cur else ""
-        # `total` short of the koans given: a run that crashed before crashes were stored as failed
+        corpus = self.corpus()
+        frozen = {k.id for k in corpus.eval_set}
+        # `total` short of the koans given: a run that crashed before crashes were stored as failed; a run of
+        # part of the set (`sleepy eval --koan / --family`) is no baseline for the whole of it
         done = [r for r in self.store.runs() if r.get("kind") == "eval" and r.get("status") == "done"
                 and r.get("total", len(r.get("koan_ids", []))) == len(r.get("koan_ids", []))
+                and frozen <= set(r.get("koan_ids", []))
                 and (r.get("adapter_id") or "") == want and (want or not r.get("adapter"))]
         if done:  # an eval of the current model already exists (e.g. `sleepy eval --cycle 0`)
             run_id = done[-1]["run_id"]
             self._record_baseline(run_id)
             return run_id
-        corpus = self.corpus()
         res = self.run_agent(corpus.eval_set, kind="eval", cycle=self.current_cycle(), on_event=on_event,
                              cancel=cancel, backend_name=backend_name)
         if res.cancelled or res.error:
