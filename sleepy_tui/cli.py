@@ -66,7 +66,6 @@ def cmd_koans_show(args) -> int:
 
 
 def cmd_koans_check(args) -> int:
-    from .sandbox import Sandbox
     from .validate import corpus_problems
     s = _settings(args)
     problems: list[str] = []
@@ -87,9 +86,16 @@ def cmd_koans_check(args) -> int:
         corpus = load_corpus(s.koans_path)
         problems += corpus.errors
         koans = list(corpus.koans.values())
-    problems += corpus_problems(Sandbox(), sorted(koans, key=lambda k: k.id))
+    engine = _engine(args)
+    try:
+        problems += corpus_problems(engine.sandbox, sorted(koans, key=lambda k: k.id))
+        flagged = engine.flagged()
+    finally:
+        engine.close()
     for p in problems:
         print(p)
+    for kid, reason in sorted(flagged.items()):
+        print(f"flagged in the review (days skip it): {kid}: {reason}")
     print(f"checked {len(koans)} koans: {'ok' if not problems else f'{len(problems)} problem(s)'}")
     return 1 if problems else 0
 
@@ -111,7 +117,6 @@ def cmd_koans_freeze(args) -> int:
 
 
 def cmd_verify(args) -> int:
-    from .sandbox import Sandbox
     s = _settings(args)
     k = _corpus(args, s).select(ids=[args.koan])[0]
     try:
@@ -120,7 +125,11 @@ def cmd_verify(args) -> int:
         raise CliError(f"{args.file}: cannot read: not valid UTF-8 (byte {e.start})")
     except OSError as e:
         raise CliError(f"{args.file}: cannot read: {e.strerror or e}")
-    r = Sandbox().check(code, k.tests)
+    engine = _engine(args)
+    try:
+        r = engine.verify(code, k)   # with the settings' sandbox limits
+    finally:
+        engine.close()
     if r.passed:
         print(f"PASS {k.id}: {r.tests_passed} test(s) passed")
         return 0
@@ -360,6 +369,7 @@ def _run_once(args, koans, *, kind: str, cycle: int | None, sample: int | None =
     try:
         result = engine.run_agent(koans, kind=kind, cycle=cycle, on_event=_Printer(getattr(args, "stream", False)),
                                   cancel=cancel, sample=sample, repeat=repeat)
+        _print_summary(engine.store, result.run_id)   # while the store is still open
     except KeyboardInterrupt:
         cancel.set()
         raise
@@ -373,7 +383,6 @@ def _run_once(args, koans, *, kind: str, cycle: int | None, sample: int | None =
                        " it is stored as failed") from e
     finally:
         engine.close()
-    _print_summary(engine.store, result.run_id)
     if result.error:
         raise CliError(result.error)
     return result.run_id
@@ -390,7 +399,11 @@ def cmd_run(args) -> int:
         if args.count:
             koans = koans[: args.count]
     else:
-        koans = corpus.day_queue(args.count, family=args.family)
+        engine = _engine(args)
+        try:
+            koans = engine.day_koans(args.count, family=args.family, corpus=corpus)
+        finally:
+            engine.close()
     if not koans:
         raise CliError("no koans match")
     return _agent_run(args, koans, kind="day", cycle=args.cycle)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import threading
 import time
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -19,7 +20,7 @@ from .config import Settings
 from .episodes import new_run_id
 from .koans import Corpus, Koan, KoanError, load_corpus
 from .metrics import compare, koan_outcomes, metrics_of
-from .sandbox import Limits, Sandbox
+from .sandbox import CheckResult, Limits, Sandbox
 from .store import Store
 from .training import adapters
 from .training.base import TrainConfig, Trainer, TrainingUnavailable
@@ -161,6 +162,38 @@ class Engine:
             self.store.save_run(run)
         except Exception:  # noqa: BLE001 - the store may be what failed; the original error is the one to report
             pass
+
+    # ---- koans: what a day takes, flags, corrections, verify -----------------------------------------------------
+
+    def day_koans(self, count: int | None = None, family: str | None = None,
+                  corpus: Corpus | None = None) -> list[Koan]:
+        """The training koans a day takes, in the order it takes them (one family after another in turn), without
+        the koans a person flagged as bad. The CLI and the app both ask here."""
+        flagged = self.flagged()
+        queue = [k for k in (corpus or self.corpus()).day_queue(family=family) if k.id not in flagged]
+        return queue[:count] if count else queue
+
+    def flag_koan(self, koan_id: str, reason: str) -> None:
+        """Mark a koan as broken or unfair: days skip it, `sleepy koans check` and the report list it."""
+        self.store.flag_koan(koan_id, reason)
+        self.store.flush()
+
+    def flagged(self) -> dict[str, str]:
+        """koan id -> the reason it was flagged."""
+        return {f["koan_id"]: f.get("reason", "") for f in self.store.flags()}
+
+    def add_correction(self, koan: Koan, code: str, prompt: list[dict]) -> CheckResult:
+        """Check a person's fix; only a verified one is stored (and so becomes training data)."""
+        result = self.sandbox.check(code, koan.tests)
+        if result.passed:
+            self.store.add_correction({"correction_id": f"{koan.id}-{uuid.uuid4().hex[:8]}", "koan_id": koan.id,
+                                       "code": code, "passed": True, "prompt": prompt, "time": time.time()})
+            self.store.flush()
+        return result
+
+    def verify(self, code: str, koan: Koan) -> CheckResult:
+        """The verdict on one candidate, with the sandbox limits of the settings."""
+        return self.sandbox.check(code, koan.tests)
 
     def current_cycle(self) -> int:
         cycles = self.store.cycles()

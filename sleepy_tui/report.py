@@ -37,7 +37,7 @@ def build_report(store: Store, out_dir: Path) -> Path:
     md: list[str] = ["# Results: sleepy-tui training progress", "",
                      f"Generated {time.strftime('%Y-%m-%d %H:%M')} from `{store.dir}` by `sleepy report`.", ""]
     if not rows:
-        md += ["No frozen-set eval yet: run `sleepy eval --cycle 0` for a baseline.", ""]
+        md += ["No frozen-set eval yet: run `sleepy eval --cycle 0` for a baseline.", ""] + _flagged(store)
         path = out_dir / "results.md"
         atomic_write_text(path, "\n".join(md))
         return path
@@ -128,11 +128,20 @@ def build_report(store: Store, out_dir: Path) -> Path:
     if trained:
         md += ["### Loss curve (latest adapter)", "", "```", ascii_curve(trained[-1]["loss_curve"]), "```", ""]
 
+    md += _flagged(store)
     written = write_plots(rows, trained, out_dir)
     md += ["## Plots", ""] + [f"![{p}]({p})" for p in written] + [""]
     path = out_dir / "results.md"
     atomic_write_text(path, "\n".join(md))
     return path
+
+
+def _flagged(store: Store) -> list[str]:
+    flags = sorted(store.flags(), key=lambda f: f["koan_id"])
+    if not flags:
+        return []
+    return (["## Koans flagged as bad", "", "Flagged in the failure review; days skip them.", "",
+             "| Koan | Reason |", "|---|---|"] + [f"| {f['koan_id']} | {f.get('reason', '')} |" for f in flags] + [""])
 
 
 def ascii_curve(curve: list[dict], width: int = 60, height: int = 10) -> str:

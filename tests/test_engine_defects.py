@@ -102,3 +102,49 @@ def test_the_gate_says_what_it_did(tmp_path):
         assert "no regressions" not in reason
     finally:
         engine.close()
+
+
+def test_flagged_koans_are_skipped_by_days_and_listed(koan_dir, tmp_path, capsys):
+    from sleepy_tui.config import Settings
+    from sleepy_tui.engine import Engine
+    from sleepy_tui.report import build_report
+
+    state = tmp_path / "state"
+    engine = Engine(Settings(backend="fake", koans_dir=str(koan_dir), state_dir=str(state)))
+    try:
+        assert [k.id for k in engine.day_koans()] == ["bc_901", "bc_902"]
+        engine.flag_koan("bc_901", "the tests pin a detail the title does not say")
+        assert [k.id for k in engine.day_koans()] == ["bc_902"]
+        report = build_report(engine.store, tmp_path / "report").read_text()
+        assert "bc_901" in report and "the tests pin a detail" in report
+    finally:
+        engine.close()
+    assert main(["koans", "check", "--koans", str(koan_dir), "--state", str(state)]) == 0
+    assert "flagged in the review (days skip it): bc_901" in capsys.readouterr().out
+
+
+def test_only_a_verified_correction_is_stored_by_the_engine(koan_dir, tmp_path, sandbox):
+    from sleepy_tui.config import Settings
+    from sleepy_tui.engine import Engine
+
+    engine = Engine(Settings(backend="fake", koans_dir=str(koan_dir), state_dir=str(tmp_path / "state")))
+    try:
+        koan = engine.corpus().koans["bc_901"]
+        assert not engine.add_correction(koan, koan.buggy, []).passed
+        assert engine.store.corrections() == []
+        assert engine.add_correction(koan, koan.solution, []).passed
+        assert [c["code"] for c in engine.store.corrections()] == [koan.solution]
+    finally:
+        engine.close()
+
+
+def test_verify_uses_the_settings_sandbox_limits(koan_dir, tmp_path, capsys, monkeypatch):
+    koan = load_corpus(koan_dir).koans["bc_901"]
+    fix = tmp_path / "fix.rs"   # the right answer, after 3 s: passes under the default 10 s limit
+    fix.write_text(koan.solution.replace("let readings", "std::thread::sleep(std::time::Duration::from_secs(3));\n"
+                                         "    let readings"))
+    monkeypatch.setenv("SLEEPY_RUN_TIMEOUT_S", "1")
+    assert main(["verify", str(fix), "--koan", "bc_901", "--koans", str(koan_dir)]) == 1
+    assert "timeout:tests" in capsys.readouterr().out
+    monkeypatch.delenv("SLEEPY_RUN_TIMEOUT_S")
+    assert main(["verify", str(fix), "--koan", "bc_901", "--koans", str(koan_dir)]) == 0

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import threading
-import time
-import uuid
 from typing import Iterable
 
 from textual import on, work
@@ -217,19 +215,13 @@ class SleepyApp(App[int]):
 
     @work(thread=True, exclusive=True, exit_on_error=False, group="correction")
     def _check_correction(self, koan: Koan, code: str, prompt: list[dict], target: MessagePump) -> None:
-        result = self.engine.sandbox.check(code, koan.tests)
-        if result.passed:  # only a verified fix goes into training data
-            self.engine.store.add_correction({
-                "correction_id": f"{koan.id}-{uuid.uuid4().hex[:8]}", "koan_id": koan.id, "code": code,
-                "passed": True, "prompt": prompt, "time": time.time()})
-            self.engine.store.flush()
+        result = self.engine.add_correction(koan, code, prompt)  # the engine stores only a verified fix
         target.post_message(CorrectionChecked(koan.id, result.passed, result.outcome, result.signature,
                                               [d.to_dict() for d in result.diagnostics], result.output))
 
     @work(thread=True, exclusive=True, exit_on_error=False, group="flag")
     def _flag_koan(self, koan_id: str, reason: str, target: MessagePump) -> None:
-        self.engine.store.flag_koan(koan_id, reason)
-        self.engine.store.flush()
+        self.engine.flag_koan(koan_id, reason)
         target.post_message(KoanFlagged(koan_id))
 
     # ---- the one place worker outcomes are handled ------------------------------------------------------------

@@ -131,7 +131,7 @@ class MainScreen(Screen):
         if corpus is None:
             return
         family = self.query_one(KoanQueue).family
-        koans = corpus.select(split="train", family=family)
+        koans = self.engine.day_koans(family=family, corpus=corpus)
         if not koans:
             where = f" of family {family}" if family else ""
             self.notify(f"No training koans{where} in {self.engine.settings.koans_path}: add koan files "

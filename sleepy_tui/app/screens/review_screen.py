@@ -128,5 +128,6 @@ class ReviewScreen(Screen[tuple[str, str] | None]):
         for item in self.items:
             if item.koan_id == message.koan_id:
                 item.flagged = True
-        self.notify(f"{message.koan_id} flagged as a bad koan; `sleepy koans check` and the report list flags.")
+        self.notify(f"{message.koan_id} flagged as a bad koan: days skip it; `sleepy koans check` and the report "
+                    "list it.")
         self._show()
