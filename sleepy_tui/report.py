@@ -80,7 +80,7 @@ def build_report(store: Store, out_dir: Path) -> Path:
         md += ["| Metric | Before | After | Delta |", "|---|---|---|---|",
                f"| Pass rate | {_pct(pm.pass_rate)} | {_pct(m.pass_rate)} | {(m.pass_rate - pm.pass_rate) * 100:+.1f} pts |",
                f"| Median steps | {_num(pm.median_steps_to_green)} | {_num(m.median_steps_to_green)} | "
-               f"{_num(None if m.median_steps_to_green is None or pm.median_steps_to_green is None else m.median_steps_to_green - pm.median_steps_to_green, '{:+g}')} |",
+               f"{_num(_minus(m.median_steps_to_green, pm.median_steps_to_green), '{:+g}')} |",
                f"| Repeat error rate | {_pct(pm.repeat_error_rate)} | {_pct(m.repeat_error_rate)} | |",
                f"| Regressions / gains | | {len(r.regressions)} / {len(r.gains)} | |", "",
                f"Significance: {ch.verdict()}; paired difference {ch.diff * 100:+.1f} pts, 95% bootstrap interval "
@@ -134,6 +134,10 @@ def build_report(store: Store, out_dir: Path) -> Path:
     path = out_dir / "results.md"
     atomic_write_text(path, "\n".join(md))
     return path
+
+
+def _minus(a: float | None, b: float | None) -> float | None:
+    return None if a is None or b is None else a - b
 
 
 def _flagged(store: Store) -> list[str]:

@@ -67,5 +67,7 @@ def paired_change(before_runs: list[dict[str, bool]], after_runs: list[dict[str,
     b = sum(last_b[k] and not last_a[k] for k in common)
     c = sum(not last_b[k] and last_a[k] for k in common)
     diff, lo, hi = bootstrap_diff(fb, fa)
-    mean = lambda d: sum(d.values()) / len(d) if d else 0.0
+    def mean(d: dict) -> float:
+        return sum(d.values()) / len(d) if d else 0.0
+
     return PairedChange(mean(fb), mean(fa), b, c, mcnemar_exact(b, c), diff, lo, hi)

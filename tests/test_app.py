@@ -438,7 +438,6 @@ async def test_transcript_follows_until_the_user_scrolls_up(koan_dir, _isolated_
 
 async def test_full_cycle_updates_header_plots_and_trainer(koan_dir, _isolated_state, monkeypatch):
     from sleepy_tui.app.widgets.metric_plot import MetricPlot
-    from sleepy_tui.training import adapters
     # the fake backend has no adapter format of its own: let it "load" the fake trainer's folder
     replies = [fix("bc_900"), fix("bc_901"), fix("bc_902"), fix("bc_900")]  # baseline eval, day, eval
     app, backend = make_app(koan_dir, _isolated_state, replies)

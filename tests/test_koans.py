@@ -1,8 +1,7 @@
-from pathlib import Path
 
 import pytest
 
-from sleepy_tui.koans import KoanError, combine, load_corpus, load_koan, parse_koan, write_manifest
+from sleepy_tui.koans import KoanError, combine, load_corpus, load_koan, parse_koan
 from tests.conftest import mini_koan, write_koan
 
 

@@ -1,7 +1,6 @@
 """Each sandbox outcome, on real rustc. Hostile programs are contained."""
 
 import os
-import shutil
 
 import pytest
 

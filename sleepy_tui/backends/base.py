@@ -63,7 +63,7 @@ class Backend(ABC):
     def describe(self) -> str:
         return f"{self.name}:{self.model}" + (f"+{self.adapter}" if self.adapter else "")
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 - optional for subclasses, a no-op by default
         """Release model memory / connections (optional)."""
 
     def chat(self, messages: list[Message], options: GenOptions | None = None, *,
