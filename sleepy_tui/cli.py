@@ -144,18 +144,19 @@ def cmd_verify(args) -> int:
 
 def cmd_koans_generate(args) -> int:
     from collections import Counter
-    from .mutations import generate, is_source
-    from .sandbox import Sandbox
     s = _settings(args)
     corpus = _corpus(args, s)
-    sources = [k for k in corpus.train_set if is_source(k) and (not args.family or k.family == args.family)]
+    out = s.koans_path / "generated"
+    engine = _engine(args)
+    try:
+        written, sources = engine.generate_koans(out, limit=args.count, family=args.family, corpus=corpus)
+    finally:
+        engine.close()
     if not sources:
         raise CliError("no training koans to derive from" + (f" in family {args.family}" if args.family else ""))
-    out = s.koans_path / "generated"
-    written = generate(sources, Sandbox(), out, limit=args.count, on_line=print)
     by_kind = Counter(g.mutation for g in written).most_common()
     detail = f" ({', '.join(f'{n} {c}' for n, c in by_kind)})" if written else ""
-    print(f"wrote {len(written)} generated training koan(s) from {len(sources)} source(s) to {out}{detail}")
+    print(f"wrote {len(written)} generated training koan(s) from {sources} source(s) to {out}{detail}")
     return 0
 
 
@@ -200,16 +201,14 @@ def _engine(args):
 
 def cmd_train(args) -> int:
     import json
-    from .training.dataset import DatasetInfo
     engine = _engine(args)
     if args.resume:
-        latest = engine.store.get_value("latest_dataset")
-        if not latest:
+        info = engine.latest_dataset()
+        if info is None:
             raise CliError("nothing to resume: no dataset has been built yet")
-        if not engine.store.get_value("training_adapter_id"):
+        if not engine.training_interrupted():
             raise CliError("nothing to resume: the last training finished (`sleepy adapters list`); "
                            "`sleepy train` starts a new one")
-        info = DatasetInfo(Path(latest["path"]), latest["hash"], latest["examples"], latest["by_provenance"])
     else:
         try:
             info = engine.build_dataset()
@@ -224,8 +223,8 @@ def cmd_train(args) -> int:
         stop.set()
         raise
     except (OSError, ValueError, RuntimeError) as e:   # already printed as "training failed: ..." by the printer
-        where = engine.store.get_value("training_adapter_id")
-        hint = "; fix that, then `sleepy train --resume` continues from the last checkpoint" if where else ""
+        hint = ("; fix that, then `sleepy train --resume` continues from the last checkpoint"
+                if engine.training_interrupted() else "")
         raise CliError(f"training failed: {e}{hint}") from None
     print(f"adapter {meta['adapter_id']} saved (not promoted: `sleepy cycle` gates it, "
           f"or `sleepy adapters promote {meta['adapter_id']}`)")
@@ -258,9 +257,8 @@ def cmd_cycle(args) -> int:
 
 
 def cmd_adapters(args) -> int:
-    from .training import adapters
+    from .engine import AdapterError
     engine = _engine(args)
-    store = engine.store
     try:
         if args.adapters_command == "promote":
             engine.promote(args.id)
@@ -269,8 +267,8 @@ def cmd_adapters(args) -> int:
             prev = engine.rollback()
             print(f"current adapter: {prev or 'none (base model)'}")
         else:
-            cur = store.get_value("current_adapter")
-            rows = store.adapters()
+            cur = engine.current_adapter_id()
+            rows = engine.adapters()
             if not rows:
                 print("no adapters yet: `sleepy train` or `sleepy cycle` makes one")
             for a in rows:
@@ -280,19 +278,18 @@ def cmd_adapters(args) -> int:
                 print(f"{mark} {a['adapter_id']:24} cycle {a.get('cycle')} {a.get('trainer'):5} steps {a.get('steps')} "
                       f"loss {a.get('initial_loss') or 0:.3f}->{a.get('final_loss') or 0:.3f} "
                       f"examples {a['dataset']['examples']} eval {score}")
-    except adapters.AdapterError as e:
+    except AdapterError as e:
         raise CliError(str(e)) from None
     return 0
 
 
 def cmd_export(args) -> int:
-    from .training import adapters
     engine = _engine(args)
-    rows = [a for a in engine.store.adapters() if a.get("cycle") == args.cycle and a.get("gguf")]
+    rows = [a for a in engine.adapters() if a.get("cycle") == args.cycle and a.get("gguf")]
     if not rows:
         raise CliError(f"no GGUF adapter for cycle {args.cycle} (see `sleepy adapters list`)")
     meta = rows[-1]
-    out = Path(args.out or adapters.adapter_dir(engine.store, meta["adapter_id"]))
+    out = Path(args.out or engine.adapter_dir(meta["adapter_id"]))
     out.mkdir(parents=True, exist_ok=True)
     model, note = _ollama_base(meta, args.base)
     modelfile = out / "Modelfile"
@@ -344,9 +341,8 @@ class _Printer:
                 print(f"{e.run_kind}: {len(e.koan_ids)} koans with {e.backend}", file=sys.stderr)
 
 
-def _print_summary(store, run_id: str) -> None:
-    from .metrics import run_metrics
-    m = run_metrics(store.episodes(run_id))
+def _print_summary(engine, run_id: str) -> None:
+    m = engine.run_metrics(run_id)
     med = f"{m.median_steps_to_green:g}" if m.median_steps_to_green else "-"
     rep = f"{m.repeat_error_rate:.0%}" if m.repeat_error_rate is not None else "-"
     print(f"\nrun {run_id}: {m.passed}/{m.total} passed ({m.pass_rate:.1%}), median steps to green {med}, "
@@ -369,15 +365,13 @@ def _run_once(args, koans, *, kind: str, cycle: int | None, sample: int | None =
     try:
         result = engine.run_agent(koans, kind=kind, cycle=cycle, on_event=_Printer(getattr(args, "stream", False)),
                                   cancel=cancel, sample=sample, repeat=repeat)
-        _print_summary(engine.store, result.run_id)   # while the store is still open
+        _print_summary(engine, result.run_id)   # while the store is still open
     except KeyboardInterrupt:
         cancel.set()
         raise
     except Exception as e:
-        from .backends.base import BackendUnavailable
-        from .sandbox import SandboxError
-        from .store import StateError
-        if isinstance(e, (BackendUnavailable, SandboxError, StateError)):   # main() prints these as they are
+        from .engine import USER_ERRORS
+        if isinstance(e, USER_ERRORS):   # main() prints these as they are
             raise
         raise CliError(f"the run crashed ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else 'no message'});"
                        " it is stored as failed") from e
@@ -427,9 +421,11 @@ def cmd_eval(args) -> int:
     for r in range(args.repeats):
         rc = _agent_run(args, koans, kind="eval", cycle=args.cycle, repeat=r) or rc
     if args.repeats > 1:
-        from .metrics import store_cycle_table
-        from .store import Store
-        row = next(r for r in store_cycle_table(Store(s.state_path, on_warning=_warn)) if r.cycle == args.cycle)
+        engine = _engine(args)
+        try:
+            row = next(r for r in engine.cycle_table() if r.cycle == args.cycle)
+        finally:
+            engine.close()
         print(f"\ncycle {args.cycle}: pass rate over {len(row.pass_rates)} runs: mean {row.pass_rate_mean:.1%}, "
               f"spread (sd) {row.pass_rate_spread:.1%}; runs: " + ", ".join(f"{p:.0%}" for p in row.pass_rates))
     return rc
@@ -437,12 +433,13 @@ def cmd_eval(args) -> int:
 
 def _eval_samples(args, s: Settings, koans) -> int:
     """K independent first attempts per koan: pass@1 and pass@K with their spread."""
-    from .metrics import pass_at_k
     from .retry import STRATEGIES
-    from .store import Store
     run_ids = [_run_once(args, koans, kind="eval", cycle=args.cycle, sample=k) for k in range(args.samples)]
-    store = Store(s.state_path, on_warning=_warn)
-    p = pass_at_k([store.episodes(rid) for rid in run_ids])
+    engine = _engine(args)
+    try:
+        p = engine.pass_at_k(run_ids)
+    finally:
+        engine.close()
     print(f"\ncycle {args.cycle}, {p.k} independent first attempts per koan ({s.retry_strategy} strategy, "
           f"temperature {STRATEGIES[s.retry_strategy].sample_temperature}): pass@1 {p.pass_at_1:.1%} "
           f"(spread {p.spread:.1%}), pass@{p.k} {p.pass_at_k:.1%}")
@@ -452,11 +449,16 @@ def _eval_samples(args, s: Settings, koans) -> int:
 
 
 def cmd_status(args) -> int:
-    from .metrics import run_metrics, store_cycle_table
-    from .store import Store
-    s = _settings(args)
-    store = Store(s.state_path, on_warning=_warn)
-    rows = store_cycle_table(store)
+    engine = _engine(args)
+    try:
+        _print_status(engine)
+    finally:
+        engine.close()
+    return 0
+
+
+def _print_status(engine) -> None:
+    rows = engine.cycle_table()
     if rows:
         print("cycle  pass rate        passed  median steps  repeat err  regressions  adapter")
         for r in rows:
@@ -470,21 +472,21 @@ def cmd_status(args) -> int:
                   f"{rep_s:>10}  {regs:11}  {r.adapter or 'base'}")
     else:
         print("no eval yet: run `sleepy eval --cycle 0` for a baseline")
-    runs = [r for r in store.runs() if r.get("kind") == "day"]
+    runs = engine.runs(kind="day")
     if runs:
         last = runs[-1]
-        m = run_metrics(store.episodes(last["run_id"]))
+        m = engine.run_metrics(last["run_id"])
         print(f"\nlatest day run {last['run_id']} ({last.get('status')}): {m.passed}/{m.total} passed "
               f"({m.pass_rate:.1%}) with {last.get('backend')}:{last.get('model')}")
-    return 0
 
 
 def cmd_report(args) -> int:
-    from .report import build_report
-    from .store import Store
-    s = _settings(args)
-    out = Path(args.out) if args.out else s.state_path / "report"
-    path = build_report(Store(s.state_path, on_warning=_warn), out)
+    engine = _engine(args)
+    out = Path(args.out) if args.out else engine.settings.state_path / "report"
+    try:
+        path = engine.report(out)
+    finally:
+        engine.close()
     print(f"wrote {path} and its plots")
     return 0
 
@@ -687,10 +689,8 @@ def _main(argv: list[str] | None) -> int:
         print("sleepy: interrupted; finished koans are saved", file=sys.stderr)
         return 130
     except Exception as e:  # the last net: a known failure type prints one line
-        from .backends.base import BackendUnavailable
-        from .sandbox import SandboxError
-        from .store import StateError
-        if isinstance(e, (BackendUnavailable, SandboxError, StateError)):  # StateBusy too
+        from .engine import USER_ERRORS
+        if isinstance(e, USER_ERRORS):  # StateBusy too
             print(f"sleepy: error: {e}", file=sys.stderr)
             return 2
         raise

@@ -12,18 +12,30 @@ import uuid
 from dataclasses import dataclass
 from typing import Callable
 
+from pathlib import Path
+
 from . import events as ev
 from .agent import Agent, RunResult
-from .backends.base import Backend
-from .config import Settings
+from .backends.base import Backend, BackendUnavailable
+from .config import ConfigError, Settings
 from .episodes import new_run_id
 from .koans import Corpus, Koan, KoanError, load_corpus
-from .metrics import compare, koan_outcomes, metrics_of
-from .sandbox import CheckResult, Limits, Sandbox
-from .store import Store
+from .metrics import CycleRow, PassAtK, RunMetrics, compare, koan_outcomes, metrics_of, pass_at_k, run_metrics
+from .metrics import store_cycle_table
+from .sandbox import CheckResult, Limits, Sandbox, SandboxError
+from .store import StateError, Store
 from .training import adapters
-from .training.base import TrainConfig, Trainer
+from .training.adapters import AdapterError
+from .training.base import TrainConfig, Trainer, TrainingUnavailable
 from .training.dataset import DatasetInfo, build_dataset
+
+# What the drivers import from here (the engine is their one door): the failures a person is told in one line,
+# and the records the engine hands out.
+USER_ERRORS = (BackendUnavailable, SandboxError, StateError, AdapterError, TrainingUnavailable, KoanError,
+               ConfigError)
+__all__ = ["Engine", "EngineError", "USER_ERRORS", "BackendUnavailable", "SandboxError", "StateError",
+           "AdapterError", "TrainingUnavailable", "KoanError", "ConfigError", "DatasetInfo", "CheckResult",
+           "CycleRow", "PassAtK", "RunMetrics", "RunResult", "Corpus", "Koan"]
 
 TRAINABLE_BACKENDS = ("embedded", "transformers", "mlx", "fake")
 
@@ -193,6 +205,59 @@ class Engine:
     def verify(self, code: str, koan: Koan) -> CheckResult:
         """The verdict on one candidate, with the sandbox limits of the settings."""
         return self.sandbox.check(code, koan.tests)
+
+    # ---- what the drivers read ----------------------------------------------------------------------------------
+
+    def runs(self, kind: str | None = None) -> list[dict]:
+        return [r for r in self.store.runs() if kind is None or r.get("kind") == kind]
+
+    def episodes(self, run_id: str) -> list[dict]:
+        return self.store.episodes(run_id)
+
+    def run_metrics(self, run_id: str) -> RunMetrics:
+        return run_metrics(self.store.episodes(run_id))
+
+    def cycle_table(self) -> list[CycleRow]:
+        return store_cycle_table(self.store)
+
+    def pass_at_k(self, run_ids: list[str]) -> PassAtK:
+        return pass_at_k([self.store.episodes(r) for r in run_ids])
+
+    def report(self, out_dir: Path) -> Path:
+        from .report import build_report
+        return build_report(self.store, out_dir)
+
+    def adapters(self) -> list[dict]:
+        return self.store.adapters()
+
+    def current_adapter_id(self) -> str | None:
+        return self.store.get_value("current_adapter")
+
+    def adapter_dir(self, adapter_id: str) -> Path:
+        return adapters.adapter_dir(self.store, adapter_id)
+
+    def latest_dataset(self) -> DatasetInfo | None:
+        """The dataset the last training was built on (what `--resume` continues with)."""
+        latest = self.store.get_value("latest_dataset")
+        if not isinstance(latest, dict) or not latest.get("path"):
+            return None
+        return DatasetInfo(Path(latest["path"]), str(latest.get("hash", "")), int(latest.get("examples") or 0),
+                           latest.get("by_provenance") or {})
+
+    def training_interrupted(self) -> bool:
+        """A training was stopped or crashed before it finished (so `--resume` has something to continue)."""
+        return bool(self.store.get_value("training_adapter_id"))
+
+    def generate_koans(self, out_dir: Path, *, limit: int, family: str | None = None, corpus: Corpus | None = None,
+                       on_line=print) -> tuple[list, int]:
+        """`sleepy koans generate`: training koans derived by mutations from the training koans that can be
+        sources (of `family`), each proven in the sandbox. Returns (what was written, how many sources)."""
+        from .mutations import generate, is_source
+        sources = [k for k in (corpus or self.corpus()).train_set
+                   if is_source(k) and (not family or k.family == family)]
+        if not sources:
+            return [], 0
+        return generate(sources, self.sandbox, out_dir, limit=limit, on_line=on_line), len(sources)
 
     def current_cycle(self) -> int:
         cycles = self.store.cycles()

@@ -27,7 +27,7 @@ from .messages import (AdapterSaved, CorrectionChecked, CycleDone, DatasetReady,
                        JobEnded, KoanFlagged, StateLoaded, bridge)
 from .screens.help_screen import HelpScreen
 from .screens.main_screen import MainScreen
-from .state import koan_history, latest_dataset, read_failures, read_state
+from .state import koan_history, read_failures, read_state
 
 JOB_TITLES = {"run": "Run failed", "train": "Training failed", "state": "Could not read the state",
               "correction": "Correction check failed", "review": "Could not load the failures",
@@ -193,7 +193,7 @@ class SleepyApp(App[int]):
     def _train(self, resume: bool, device: str, stop: threading.Event, target: MessagePump) -> None:
         engine = self.engine
         if resume:
-            info = latest_dataset(engine.store)
+            info = engine.latest_dataset()
             if info is None:
                 raise EngineError("Nothing to resume: no dataset has been built yet. Press Start (t) to build one.")
         else:

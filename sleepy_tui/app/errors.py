@@ -4,13 +4,8 @@ from __future__ import annotations
 
 
 def explain(exc: BaseException | None) -> str:
-    from ..backends.base import BackendUnavailable
-    from ..config import ConfigError
-    from ..engine import EngineError
-    from ..koans import KoanError
-    from ..sandbox import SandboxError
-    from ..training.adapters import AdapterError
-    from ..training.base import TrainingUnavailable
+    from ..engine import (AdapterError, BackendUnavailable, ConfigError, EngineError, KoanError, SandboxError,
+                          TrainingUnavailable)
 
     if exc is None:
         return "unknown error"

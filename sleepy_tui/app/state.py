@@ -6,11 +6,9 @@ Every number comes from sleepy_tui.metrics, the module `sleepy status` and `slee
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from ..koans import Corpus, Koan, KoanError
 from ..metrics import CycleRow, KoanOutcome, koan_outcomes, run_metrics, store_cycle_table
-from ..training.dataset import DatasetInfo
 
 
 @dataclass
@@ -55,15 +53,7 @@ def read_state(engine) -> StateSnapshot:
         corpus=corpus, corpus_error=corpus_error, cycle=engine.current_cycle(), cycle_rows=rows,
         loss_curve=adapters[-1].get("loss_curve", []) if adapters else [], current_adapter=engine.current_adapter(),
         last_run=last, last_outcomes=outcomes, family_rates=family_rates, family_source=source,
-        resumable=bool(store.get_value("latest_dataset")), warnings=warnings)
-
-
-def latest_dataset(store) -> DatasetInfo | None:
-    """The dataset the last training used (Resume continues on it)."""
-    latest = store.get_value("latest_dataset")
-    if not latest:
-        return None
-    return DatasetInfo(Path(latest["path"]), latest["hash"], latest["examples"], latest.get("by_provenance", {}))
+        resumable=engine.latest_dataset() is not None, warnings=warnings)
 
 
 @dataclass
