@@ -36,7 +36,7 @@ def evaluate(state: Path, strategy: str, args, koan_count: int) -> tuple[list[di
             run = done[-1]
             print(f"{strategy}: reusing {run['run_id']} from {state}", file=sys.stderr)
         else:
-            koans = engine.corpus().eval_set[:koan_count]
+            koans = interleaved(engine.corpus().eval_set)[:koan_count]
             t0 = time.time()
             result = engine.run_agent(koans, kind="eval", cycle=0, adapter_id="")
             print(f"{strategy}: {result.passed}/{len(koans)} in {time.time() - t0:.0f} s", file=sys.stderr)
@@ -45,6 +45,16 @@ def evaluate(state: Path, strategy: str, args, koan_count: int) -> tuple[list[di
         return eps, (run["finished"] - run["started"]) / max(1, len(run["koan_ids"]))
     finally:
         engine.close()
+
+
+def interleaved(koans: list) -> list:
+    """One koan of each family in turn, so that `--count N` below 30 still covers every family."""
+    import itertools
+    by_family: dict[str, list] = {}
+    for k in koans:
+        by_family.setdefault(k.family, []).append(k)
+    rows = itertools.zip_longest(*(by_family[f] for f in sorted(by_family)))
+    return [k for row in rows for k in row if k is not None]
 
 
 def summarize(eps: list[dict], koans: dict[str, dict]) -> dict:
@@ -97,7 +107,8 @@ def main() -> int:
                      f"{s['median_steps']:g}" if s["median_steps"] else "-", later,
                      f"{s['distinct']:.2f}" if s["distinct"] is not None else "-", s["unchanged"],
                      f"{s['compiles']}/{s['attempts']}", f"{per_koan_s:.1f}"])
-    body = (f"{args.count} frozen koans, {args.backend} {args.model or ''}, up to {args.max_attempts} attempts, "
+    body = (f"{args.count} frozen koans (one family after another in turn), {args.backend} {args.model or ''}, "
+            f"up to {args.max_attempts} attempts, "
             f"{args.max_tokens} tokens per reply; one run per strategy.\n\n"
             + table(["strategy", "pass rate", "median steps", "failed at 1, solved later",
                      "distinct candidates per attempt (failed at 1)", "broken program sent back", "compiles/attempts",
