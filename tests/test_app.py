@@ -466,3 +466,39 @@ async def test_bad_koan_file_is_reported_and_the_rest_load(koan_dir, _isolated_s
         await settle(pilot)
         assert any("bc_bad.toml" in m and "invalid TOML" in m for m, _ in rec.notes)
         assert set(queue_status(app)) == {"bc_900", "bc_901", "bc_902"}
+
+
+class NiceRecordingBackend(ScriptedBackend):
+    """Remembers the nice value of the thread that generates (and of the threads that thread starts)."""
+
+    def __init__(self, replies):
+        super().__init__(replies)
+        self.nice: list[int | None] = []
+        self.child_nice: list[int | None] = []
+
+    def stream(self, messages, options):
+        from sleepy_tui.priority import this_thread_nice
+        self.nice.append(this_thread_nice())
+        t = threading.Thread(target=lambda: self.child_nice.append(this_thread_nice()))
+        t.start()
+        t.join()
+        yield from super().stream(messages, options)
+
+
+async def test_the_model_runs_at_a_lower_priority_than_the_ui(koan_dir, _isolated_state):
+    import sys
+
+    from sleepy_tui.priority import BACKGROUND_NICE, this_thread_nice
+    backend = NiceRecordingBackend([fix("bc_901"), fix("bc_902")])
+    s = Settings(backend="fake", koans_dir=str(koan_dir), state_dir=str(_isolated_state), max_attempts=1)
+    app = build_app(s, backend_factory=lambda _s, _notice=None: backend, trainer_factory=lambda _s: FakeTrainer())
+    app.animation_level = "none"
+    async with app.run_test(size=(100, 32)) as pilot:
+        await settle(pilot)
+        ui = this_thread_nice()
+        await pilot.press("d")
+        await settle(pilot)
+        assert this_thread_nice() == ui                       # the UI thread keeps its priority
+    if sys.platform.startswith("linux"):
+        assert backend.nice and all(n == min(19, (ui or 0) + BACKGROUND_NICE) for n in backend.nice)
+        assert backend.child_nice == backend.nice             # threads it starts (llama.cpp's, torch's) inherit it

@@ -21,6 +21,7 @@ from textual.worker import Worker, WorkerState
 
 from ..engine import Engine, EngineError
 from ..koans import Koan
+from ..priority import lower_this_thread
 from ..safe_text import terminal_safe
 from .errors import explain
 from .messages import (AdapterSaved, CorrectionChecked, CycleDone, DatasetReady, FailuresLoaded, HistoryLoaded,
@@ -182,15 +183,18 @@ class SleepyApp(App[int]):
 
     @work(thread=True, exclusive=True, exit_on_error=False, group="run")
     def _run_koans(self, koans: list[Koan], kind: str, cancel: threading.Event, target: MessagePump) -> None:
+        lower_this_thread()  # the model, rustc and their threads yield the CPU to the UI
         self.engine.run_agent(koans, kind=kind, on_event=self._sink(target), cancel=cancel)
 
     @work(thread=True, exclusive=True, exit_on_error=False, group="run")
     def _run_cycle(self, cancel: threading.Event, target: MessagePump) -> None:
+        lower_this_thread()
         record = self.engine.cycle(on_event=self._sink(target), cancel=cancel)
         target.post_message(CycleDone(record))
 
     @work(thread=True, exclusive=True, exit_on_error=False, group="train")
     def _train(self, resume: bool, device: str, stop: threading.Event, target: MessagePump) -> None:
+        lower_this_thread()
         engine = self.engine
         if resume:
             info = engine.latest_dataset()
@@ -215,6 +219,7 @@ class SleepyApp(App[int]):
 
     @work(thread=True, exclusive=True, exit_on_error=False, group="correction")
     def _check_correction(self, koan: Koan, code: str, prompt: list[dict], target: MessagePump) -> None:
+        lower_this_thread()
         result = self.engine.add_correction(koan, code, prompt)  # the engine stores only a verified fix
         target.post_message(CorrectionChecked(koan.id, result.passed, result.outcome, result.signature,
                                               [d.to_dict() for d in result.diagnostics], result.output))
