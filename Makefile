@@ -19,6 +19,7 @@ run: $(STAMP)
 	$(VENV)/bin/sleepy
 
 test: $(STAMP)
+	$(PY) -m ruff check sleepy_tui tests bench
 	$(PY) -m pytest -q -n auto
 
 bench: $(STAMP)

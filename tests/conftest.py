@@ -55,6 +55,42 @@ def mini_koan(kid: str, family: str = "borrow_checker") -> str:
     return MINI_KOAN.format(id=kid, family=family, n=n, total=3 + n)
 
 
+# The fixture corpus's frozen koan: a program of its own, so the mini koans (which differ only by a number) are
+# not near-copies of it (similarity.py would rightly call them leaks of the eval set).
+FROZEN_KOAN = '''\
+id = "{id}"
+family = "{family}"
+title = "Shout every word and count them"
+expected_error = "E0382"
+hint = "Take what you need from a vector before a loop or adaptor consumes it."
+buggy = \'\'\'
+pub fn shout(words: Vec<String>) -> (Vec<String>, usize) {{
+    let loud: Vec<String> = words.into_iter().map(|w| w.to_uppercase()).collect();
+    (loud, words.len())
+}}
+\'\'\'
+solution = \'\'\'
+pub fn shout(words: Vec<String>) -> (Vec<String>, usize) {{
+    let count = words.len();
+    let loud: Vec<String> = words.into_iter().map(|w| w.to_uppercase()).collect();
+    (loud, count)
+}}
+\'\'\'
+tests = \'\'\'
+    #[test]
+    fn shouts_and_counts() {{
+        let (loud, n) = shout(vec!["hi".to_string(), "rust".to_string()]);
+        assert_eq!(loud, vec!["HI".to_string(), "RUST".to_string()]);
+        assert_eq!(n, 2);
+    }}
+\'\'\'
+'''
+
+
+def frozen_koan(kid: str = "bc_900", family: str = "borrow_checker") -> str:
+    return FROZEN_KOAN.format(id=kid, family=family)
+
+
 def write_koan(root: Path, kid: str, family: str = "borrow_checker", text: str | None = None) -> Path:
     path = root / family / f"{kid}.toml"
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -81,7 +117,7 @@ def koan_dir(tmp_path) -> Path:
     root = tmp_path / "koans"
     write_koan(root, "bc_901")
     write_koan(root, "bc_902")
-    write_koan(root, "bc_900")
+    write_koan(root, "bc_900", text=frozen_koan())
     corpus = load_corpus(root)
     write_manifest(root / "frozen_eval.toml", [corpus.koans["bc_900"]])
     return root
@@ -97,6 +133,52 @@ def sandbox():
 
 def dedent(s: str) -> str:
     return textwrap.dedent(s).strip("\n") + "\n"
+
+
+# ---- the engine with the scripted backend and a trainer double (test_engine, test_report) ---------------------
+
+class RecordingTrainer:
+    """Writes an adapter folder and a falling loss; remembers the dataset it was given."""
+    name = "fake"
+
+    def __init__(self):
+        self.datasets = []
+
+    def train(self, dataset, config, out_dir, *, on_event, stop=None, resume=True):
+        import json
+
+        from sleepy_tui import events as ev
+        from sleepy_tui.training.base import TrainResult
+        self.datasets.append([json.loads(line) for line in open(dataset)])
+        (out_dir / "adapter").mkdir(parents=True, exist_ok=True)
+        losses = [2.0 / (i + 1) for i in range(config.steps)]
+        for i, loss in enumerate(losses, 1):
+            on_event(ev.TrainStep(i, config.steps, loss, config.learning_rate, 100.0, 0.0))
+        return TrainResult(out_dir / "adapter", config.steps, losses)
+
+
+@pytest.fixture
+def setup(koan_dir, tmp_path):
+    """(engine, corpus, replies, trainer): one scripted backend plays `replies` for every stage."""
+    from sleepy_tui.backends.fake import ScriptedBackend
+    from sleepy_tui.config import Settings
+    from sleepy_tui.engine import Engine
+    from sleepy_tui.koans import load_corpus
+    corpus = load_corpus(koan_dir)
+    settings = Settings(backend="fake", koans_dir=str(koan_dir), state_dir=str(tmp_path / "state"), max_attempts=1,
+                        steps=3)
+    trainer = RecordingTrainer()
+    replies: list = []
+    backend: list[ScriptedBackend] = []
+
+    def factory(s, on_notice=None):  # one backend plays the whole script, whichever adapter is asked for
+        if not backend:
+            backend.append(ScriptedBackend(replies))
+        return backend[0]
+    engine = Engine(settings, backend_factory=factory, trainer_factory=lambda s: trainer)
+    return engine, corpus, replies, trainer
+
+
 
 
 # ---- real models, for the slow tests ---------------------------------------------------------------------------

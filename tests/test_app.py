@@ -48,6 +48,11 @@ def n_of(kid: str) -> int:
 
 
 def fix(kid: str) -> str:
+    if kid == "bc_900":   # the fixture's frozen koan is a program of its own (conftest.FROZEN_KOAN)
+        import tomllib
+
+        from tests.conftest import frozen_koan
+        return "```rust\n" + tomllib.loads(frozen_koan())["solution"].strip() + "\n```"
     return FIX.format(n=n_of(kid))
 
 

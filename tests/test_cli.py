@@ -45,7 +45,7 @@ def test_koans_check_names_each_bad_koan(koan_dir, capsys):
 
 def test_edited_frozen_koan_is_reported(koan_dir, capsys):
     p = koan_dir / "borrow_checker" / "bc_900.toml"
-    p.write_text(p.read_text().replace("Report total", "Report the total"))
+    p.write_text(p.read_text().replace("Shout every word", "Shout each word"))
     code, out, _ = run(["koans", "check", "--koans", str(koan_dir)], capsys)
     assert code == 1 and "frozen eval koan 'bc_900' was edited" in out
 

@@ -1,53 +1,13 @@
 """The cycle and its gate, with the scripted backend and a trainer double (real rustc, real store)."""
 
-import json
-import threading
 
 import pytest
 
-from sleepy_tui import events as ev
-from sleepy_tui.backends.fake import ScriptedBackend
-from sleepy_tui.config import Settings
-from sleepy_tui.engine import Engine, EngineError
-from sleepy_tui.koans import load_corpus
-from sleepy_tui.training.base import TrainResult
-
-
-class RecordingTrainer:
-    """Writes an adapter folder and a falling loss; remembers the dataset it was given."""
-    name = "fake"
-
-    def __init__(self):
-        self.datasets = []
-
-    def train(self, dataset, config, out_dir, *, on_event, stop=None, resume=True):
-        self.datasets.append([json.loads(l) for l in open(dataset)])
-        (out_dir / "adapter").mkdir(parents=True, exist_ok=True)
-        losses = [2.0 / (i + 1) for i in range(config.steps)]
-        for i, loss in enumerate(losses, 1):
-            on_event(ev.TrainStep(i, config.steps, loss, config.learning_rate, 100.0, 0.0))
-        return TrainResult(out_dir / "adapter", config.steps, losses)
+from sleepy_tui.engine import EngineError
 
 
 def fence(code):
     return f"```rust\n{code}\n```"
-
-
-@pytest.fixture
-def setup(koan_dir, tmp_path):
-    corpus = load_corpus(koan_dir)
-    settings = Settings(backend="fake", koans_dir=str(koan_dir), state_dir=str(tmp_path / "state"), max_attempts=1,
-                        steps=3)
-    trainer = RecordingTrainer()
-    replies: list = []
-    backend: list[ScriptedBackend] = []
-
-    def factory(s, on_notice=None):  # one backend plays the whole script, whichever adapter is asked for
-        if not backend:
-            backend.append(ScriptedBackend(replies))
-        return backend[0]
-    engine = Engine(settings, backend_factory=factory, trainer_factory=lambda s: trainer)
-    return engine, corpus, replies, trainer
 
 
 def test_cycle_promotes_an_adapter_that_gains_without_regressions(setup):

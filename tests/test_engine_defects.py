@@ -6,7 +6,7 @@ from sleepy_tui.koans import load_corpus, read_manifest
 
 def test_freeze_keeps_an_edited_frozen_koan_in_the_frozen_set(koan_dir, capsys):
     path = koan_dir / "borrow_checker" / "bc_900.toml"
-    path.write_text(path.read_text().replace("Report total and count", "Report the total and the count"))
+    path.write_text(path.read_text().replace("Shout every word", "Shout each word"))
     before = load_corpus(koan_dir)
     assert "bc_900" not in before.koans and "bc_900" in before.edited  # refused until re-frozen
     assert main(["koans", "freeze", "--koans", str(koan_dir)]) == 0
@@ -14,7 +14,7 @@ def test_freeze_keeps_an_edited_frozen_koan_in_the_frozen_set(koan_dir, capsys):
     assert set(read_manifest(koan_dir / "frozen_eval.toml")) == {"bc_900"}
     assert after.koans["bc_900"].split == "eval" and not after.errors
     # naming it works too (it used to fail with "unknown koan id")
-    path.write_text(path.read_text().replace("the total", "a total"))
+    path.write_text(path.read_text().replace("Shout each word", "Shout all words"))
     assert main(["koans", "freeze", "bc_900", "--koans", str(koan_dir)]) == 0
     assert load_corpus(koan_dir).koans["bc_900"].split == "eval"
     capsys.readouterr()

@@ -63,7 +63,7 @@ def test_manifest_decides_split_and_refuses_edits(koan_dir):
     assert [k.id for k in corpus.eval_set] == ["bc_900"]
     assert [k.id for k in corpus.train_set] == ["bc_901", "bc_902"]
     p = koan_dir / "borrow_checker" / "bc_900.toml"
-    p.write_text(p.read_text().replace("vec![1, 2,", "vec![1, 5,"))
+    p.write_text(p.read_text().replace("to_uppercase", "to_lowercase"))
     corpus = load_corpus(koan_dir)
     assert "bc_900" not in corpus.koans
     assert any("frozen eval koan 'bc_900' was edited" in e for e in corpus.errors)

@@ -4,7 +4,10 @@ import re
 
 from sleepy_tui.metrics import koan_outcomes, store_cycle_table
 from sleepy_tui.report import PLOTS, build_report
-from tests.test_engine import fence, setup  # noqa: F401  (the fixture)
+
+
+def fence(code):
+    return f"```rust\n{code}\n```"
 
 
 def test_report_tables_match_the_episodes(setup, tmp_path):

@@ -55,14 +55,20 @@ class LeakGuard:
     """Knows the frozen eval koans; says whether an example would leak one into training."""
 
     def __init__(self, eval_koans: list[Koan]):
+        from ..similarity import frozen_programs
         self.ids = {k.id for k in eval_koans}
         self.codes = [c for k in eval_koans for c in (_squash(k.buggy), _squash(k.solution)) if len(c) > 40]
+        self.near = frozen_programs(eval_koans)
 
     def leaks(self, example: dict) -> bool:
         if example.get("koan_id") in self.ids:
             return True
         text = _squash(" ".join(m.get("content", "") for m in example["messages"]))
-        return any(c in text for c in self.codes)
+        if any(c in text for c in self.codes):
+            return True
+        # the reply it learns to write: not even a renamed or lightly edited copy of a frozen koan's program
+        target = next((m.get("content", "") for m in reversed(example["messages"]) if m.get("role") == "assistant"), "")
+        return self.near.of(target.replace("```rust", "").replace("```", "")) is not None
 
 
 def _example(koan_id: str, family: str, provenance: str, messages: list[dict], code: str) -> dict:
