@@ -375,10 +375,11 @@ class Engine:
         corpus = self.corpus()
         frozen = {k.id for k in corpus.eval_set}
         # `total` short of the koans given: a run that crashed before crashes were stored as failed; a run of
-        # part of the set (`sleepy eval --koan / --family`) is no baseline for the whole of it
+        # part of the set (`sleepy eval --koan / --family`) is no baseline for the whole of it, nor is one
+        # independent first attempt per koan (`sleepy eval --samples`)
         done = [r for r in self.store.runs() if r.get("kind") == "eval" and r.get("status") == "done"
                 and r.get("total", len(r.get("koan_ids", []))) == len(r.get("koan_ids", []))
-                and frozen <= set(r.get("koan_ids", []))
+                and frozen <= set(r.get("koan_ids", [])) and r.get("sample") is None
                 and (r.get("adapter_id") or "") == want and (want or not r.get("adapter"))]
         if done:  # an eval of the current model already exists (e.g. `sleepy eval --cycle 0`)
             run_id = done[-1]["run_id"]

@@ -148,3 +148,18 @@ def test_verify_uses_the_settings_sandbox_limits(koan_dir, tmp_path, capsys, mon
     assert "timeout:tests" in capsys.readouterr().out
     monkeypatch.delenv("SLEEPY_RUN_TIMEOUT_S")
     assert main(["verify", str(fix), "--koan", "bc_901", "--koans", str(koan_dir)]) == 0
+
+
+def test_a_sampled_eval_is_no_baseline(koan_dir, tmp_path):
+    from sleepy_tui.backends.fake import ScriptedBackend
+    from sleepy_tui.config import Settings
+    from sleepy_tui.engine import Engine
+
+    backend = ScriptedBackend(["no idea"], cycle=True)
+    engine = Engine(Settings(backend="fake", koans_dir=str(koan_dir), state_dir=str(tmp_path / "state")),
+                    backend_factory=lambda s, n=None: backend)
+    try:
+        sampled = engine.run_agent(engine.corpus().eval_set, kind="eval", sample=0)
+        assert engine.baseline_eval() != sampled.run_id   # a full eval was run for the baseline
+    finally:
+        engine.close()
