@@ -9,7 +9,7 @@ from pathlib import Path
 
 from . import events as ev
 from .config import ConfigError, Settings, load_settings
-from .koans import FAMILIES, KoanError, load_corpus, load_koan, write_manifest
+from .koans import KoanError, families_for, load_corpus, load_koan, write_manifest
 from .locations import frozen_manifest
 from .safe_text import KOAN_MAX_BYTES, SafeStream, read_regular_file
 
@@ -44,7 +44,7 @@ def cmd_koans_list(args) -> int:
     corpus = _corpus(args, s)
     koans = corpus.select(split=args.split, family=args.family)
     for k in koans:
-        print(f"{k.id:10} {k.split:5} {k.family:16} {k.expected_error:6} {k.title}")
+        print(f"{k.id:10} {k.split:5} {k.family:16} {k.expected_error:12} {k.title}")
     print(f"{len(koans)} koans")
     return 0
 
@@ -77,7 +77,7 @@ def cmd_koans_check(args) -> int:
                 if f.name == "frozen_eval.toml":
                     continue
                 try:
-                    koans.append(load_koan(f))
+                    koans.append(load_koan(f, families_for(f.parent)))   # a user's folder: any family
                 except KoanError as e:
                     problems.append(str(e))
         manifest_errors = [e for e in load_corpus(s.koans_path).errors if "frozen" in e]
@@ -536,6 +536,9 @@ def _common(p: argparse.ArgumentParser, top: bool = False) -> None:
     p.add_argument("--state", metavar="DIR", default=default, help="state folder (default: ./state)")
 
 
+_FAMILY_HELP = "a family of the koan folder (the project's: borrow_checker, trait_bounds, ...)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sleepy", description="A small local code model learns Rust from its "
                                      "own mistakes. With no command, opens the app.")
@@ -547,7 +550,7 @@ def build_parser() -> argparse.ArgumentParser:
     ksub = koans.add_subparsers(dest="koans_command", required=True)
     p = ksub.add_parser("list", help="list koans")
     _common(p)
-    p.add_argument("--family", choices=FAMILIES)
+    p.add_argument("--family", metavar="FAMILY", help=_FAMILY_HELP)
     p.add_argument("--split", choices=("eval", "train"))
     p.set_defaults(func=cmd_koans_list)
     p = ksub.add_parser("show", help="show a koan")
@@ -567,7 +570,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = ksub.add_parser("generate", help="derive new training koans by bug-introducing mutations")
     _common(p)
     p.add_argument("--count", type=int, default=40, help="at most this many koans")
-    p.add_argument("--family", choices=FAMILIES, help="only from this family's training koans")
+    p.add_argument("--family", metavar="FAMILY", help="only from this family's training koans")
     p.set_defaults(func=cmd_koans_generate)
 
     p = sub.add_parser("verify", help="check a candidate fix for a koan")
@@ -579,7 +582,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("run", help="the day: the model fixes training koans")
     _common(p)
     _model_flags(p)
-    p.add_argument("--family", choices=FAMILIES)
+    p.add_argument("--family", metavar="FAMILY", help=_FAMILY_HELP)
     p.add_argument("--count", type=int)
     p.add_argument("--koan", action="append", help="a koan id (repeatable)")
     p.add_argument("--cycle", type=int, help="cycle number to record (default: the current one)")
@@ -591,7 +594,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cycle", type=int, required=True)
     p.add_argument("--repeats", type=int, default=1)
     p.add_argument("--samples", type=int, metavar="K", help="K independent first attempts per koan: pass@1, pass@K")
-    p.add_argument("--family", choices=FAMILIES)
+    p.add_argument("--family", metavar="FAMILY", help=_FAMILY_HELP)
     p.add_argument("--koan", action="append", metavar="ID",
                    help="only this frozen koan (repeatable): a quick check, never the gate's baseline")
     p.set_defaults(func=cmd_eval)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import itertools
+import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,10 +16,11 @@ from pathlib import Path
 from . import locations
 from .safe_text import KOAN_MAX_BYTES, read_regular_file
 
-FAMILIES = ("borrow_checker", "trait_bounds", "result_handling", "lifetimes", "type_mismatch")
+FAMILIES = ("borrow_checker", "trait_bounds", "result_handling", "lifetimes", "type_mismatch")  # the project's
+TEST_FAILURE = "test_failure"   # expected_error of a behaviour-bug koan: it compiles and fails a test
+_FAMILY_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,47}")  # a folder of the user's own: any such name
 REQUIRED = ("id", "family", "title", "expected_error", "buggy", "solution", "tests")
 OPTIONAL = ("hint",)
-SPLITS = ("eval", "train")
 
 
 class KoanError(ValueError):
@@ -42,6 +44,11 @@ class Koan:
     def content_hash(self) -> str:
         return content_hash(self)
 
+    @property
+    def kind(self) -> str:
+        """TEST_FAILURE for a behaviour bug (it compiles, a test fails), else "compile_error" (a rustc code)."""
+        return TEST_FAILURE if self.expected_error == TEST_FAILURE else "compile_error"
+
 
 def content_hash(k: Koan) -> str:
     """Hash of everything that defines a koan's behaviour (not its path or split)."""
@@ -53,7 +60,8 @@ def content_hash(k: Koan) -> str:
 
 
 def parse_koan(text: str, path: Path, families: tuple[str, ...] | None = FAMILIES) -> Koan:
-    """Parse one koan file; raise KoanError naming the file and field on any problem."""
+    """Parse one koan file; raise KoanError naming the file and field on any problem. `families`: the names a
+    family may have (None: any plain name, as in a user's own folder)."""
     where = str(path)
     try:
         data = tomllib.loads(text)
@@ -75,6 +83,8 @@ def parse_koan(text: str, path: Path, families: tuple[str, ...] | None = FAMILIE
             raise KoanError(f"{where}: field {f} is empty")
     if families is not None and data["family"] not in families:
         raise KoanError(f"{where}: unknown family {data['family']!r} (known: {', '.join(families)})")
+    if not _FAMILY_NAME.fullmatch(data["family"]):
+        raise KoanError(f"{where}: family {data['family'][:48]!r} is not a plain name (letters, digits, _ . -)")
     if path.stem != data["id"] and path.suffix == ".toml":
         raise KoanError(f"{where}: id {data['id']!r} does not match the file name {path.stem!r}")
     if "#[test]" not in data["tests"]:
@@ -84,6 +94,13 @@ def parse_koan(text: str, path: Path, families: tuple[str, ...] | None = FAMILIE
         expected_error=data["expected_error"].strip(), buggy=data["buggy"], solution=data["solution"],
         tests=data["tests"], hint=data.get("hint", "").strip(), path=path,
     )
+
+
+def families_for(root: Path) -> tuple[str, ...] | None:
+    """The family names allowed under `root`: the project's five in its own koans/, any name in a user's folder."""
+    project = locations.koans_dir().resolve()
+    root = Path(root).resolve()
+    return FAMILIES if root == project or project in root.parents else None
 
 
 def load_koan(path: Path, families: tuple[str, ...] | None = FAMILIES) -> Koan:
@@ -103,7 +120,13 @@ class Corpus:
     edited: dict[str, Koan] = field(default_factory=dict)  # frozen koans refused because they were edited
     frozen_ids: tuple[str, ...] = ()                        # the manifest's ids, loaded or not
 
+    @property
+    def families(self) -> list[str]:
+        return sorted({k.family for k in self.koans.values()})
+
     def select(self, *, split: str | None = None, family: str | None = None, ids: list[str] | None = None) -> list[Koan]:
+        if family is not None and self.koans and family not in self.families:
+            raise KoanError(f"unknown family {family!r} (this folder's: {', '.join(self.families)})")
         out = [k for k in self.koans.values()
                if (split is None or k.split == split) and (family is None or k.family == family)]
         if ids:
@@ -179,7 +202,7 @@ def load_corpus(root: Path | None = None, *, all_frozen: bool = False, strict: b
         if path == manifest_path:
             continue
         try:
-            k = load_koan(path, None if all_frozen else FAMILIES)
+            k = load_koan(path, None if all_frozen else families_for(root))
         except KoanError as e:
             if strict:
                 raise

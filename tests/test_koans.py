@@ -53,7 +53,7 @@ def test_corpus_skips_bad_files_and_duplicates(tmp_path):
     corpus = load_corpus(root)
     assert list(corpus.koans) == ["bc_901"]
     assert any("invalid TOML" in e for e in corpus.errors)
-    assert any("duplicate id 'bc_901'" in e and (str(dup) in e or "bc_901" in e) for e in corpus.errors)
+    assert any("duplicate id 'bc_901'" in e and str(dup) in e for e in corpus.errors)
     with pytest.raises(KoanError):
         load_corpus(root, strict=True)
 
@@ -127,3 +127,78 @@ def test_no_near_copies_between_eval_and_train():
             if ratio > 0.8:
                 ratio = difflib.SequenceMatcher(None, e.buggy, t.buggy, autojunk=False).ratio()
             assert ratio < 0.8, f"{e.id} and {t.id} are near-copies ({ratio:.2f})"
+
+
+# ---- behaviour-bug koans and user folders ---------------------------------------------------------------------
+
+BEHAVIOUR_KOAN = '''\
+id = "{id}"
+family = "{family}"
+title = "Count the even numbers"
+expected_error = "test_failure"
+buggy = \'\'\'
+pub fn evens(v: &[i32]) -> usize {{
+    v.iter().filter(|x| *x % 2 == {rest}).count()
+}}
+\'\'\'
+solution = \'\'\'
+pub fn evens(v: &[i32]) -> usize {{
+    v.iter().filter(|x| *x % 2 == 0).count()
+}}
+\'\'\'
+tests = \'\'\'
+    #[test]
+    fn counts_evens() {{
+        assert_eq!(evens(&[1, 2, 4, 6]), 3);
+    }}
+\'\'\'
+'''
+
+
+def behaviour_koan(kid="tf_901", family="borrow_checker", rest="1"):
+    return BEHAVIOUR_KOAN.format(id=kid, family=family, rest=rest)
+
+
+def test_a_behaviour_bug_koan_is_its_own_kind(tmp_path):
+    k = parse_koan(behaviour_koan(), tmp_path / "tf_901.toml")
+    assert k.expected_error == "test_failure" and k.kind == "test_failure"
+    assert parse_koan(good(), tmp_path / "bc_901.toml").kind == "compile_error"
+
+
+def test_a_user_folder_takes_any_family_the_project_folder_only_its_five(tmp_path):
+    user = tmp_path / "mine"
+    write_koan(user, "tf_901", family="03_if", text=behaviour_koan(family="03_if"))
+    corpus = load_corpus(user)
+    assert corpus.errors == [] and corpus.families == ["03_if"]
+    assert [k.id for k in corpus.select(family="03_if")] == ["tf_901"]
+    with pytest.raises(KoanError, match="unknown family 'borrow_checker' \\(this folder's: 03_if\\)"):
+        corpus.select(family="borrow_checker")
+    with pytest.raises(KoanError, match="unknown family '03_if'"):
+        parse_koan(behaviour_koan(family="03_if"), tmp_path / "tf_901.toml")    # the project's default: the five
+
+
+def test_a_family_must_be_a_plain_name(tmp_path):
+    user = tmp_path / "mine"
+    write_koan(user, "tf_901", family="x", text=behaviour_koan(family="a b/../c"))
+    assert any("is not a plain name" in e for e in load_corpus(user).errors)
+
+
+def test_koans_check_holds_behaviour_bugs_to_their_rule(sandbox, tmp_path):
+    from sleepy_tui.validate import koan_problems
+    fair = parse_koan(behaviour_koan(), tmp_path / "tf_901.toml")
+    assert koan_problems(sandbox, fair) == []
+    passes = parse_koan(behaviour_koan(rest="0"), tmp_path / "tf_901.toml")     # the "bug" is the fix
+    assert koan_problems(sandbox, passes) == [f"{passes.path}: buggy program does not fail a test "
+                                              "(outcome pass: every test passed)"]
+    broken = parse_koan(behaviour_koan(rest='"1"'), tmp_path / "tf_901.toml")   # does not compile at all
+    [problem] = koan_problems(sandbox, broken)
+    assert "buggy program does not compile (E0308" in problem and "expected_error is test_failure" in problem
+
+
+def test_the_shipped_behaviour_bug_koans_cover_every_family_and_stay_out_of_the_frozen_set():
+    corpus = load_corpus()
+    behaviour = [k for k in corpus.koans.values() if k.kind == "test_failure"]
+    assert len(behaviour) >= 40 and all(k.split == "train" for k in behaviour)
+    assert {k.family for k in behaviour} == {"borrow_checker", "trait_bounds", "result_handling", "lifetimes",
+                                             "type_mismatch"}
+    assert all(k.id.startswith("tf_") for k in behaviour)

@@ -10,7 +10,6 @@ from textual.app import ComposeResult
 from textual.containers import Horizontal, Vertical
 from textual.widgets import DataTable, Select
 
-from ...koans import FAMILIES
 from ..messages import KoanSelected
 
 STATUS_STYLES = {"queued": "dim", "running": "bold yellow", "passed": "bold green", "failed": "bold red",
@@ -33,7 +32,8 @@ class KoanQueue(Vertical):
 
     def compose(self) -> ComposeResult:
         with Horizontal(id="queue-filters"):
-            yield Select([(f, f) for f in FAMILIES], prompt="all families", id="family-filter", compact=True)
+            # the families of the folder in use (a user's own folder has its own): set when the corpus is loaded
+            yield Select([], prompt="all families", id="family-filter", compact=True)
             yield Select([("train", "train"), ("eval", "eval")], prompt="all splits", id="split-filter",
                          compact=True)
         yield DataTable(id="queue-table", cursor_type="row")
