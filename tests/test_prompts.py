@@ -63,3 +63,73 @@ def test_retry_prompt_shows_previous_attempt_and_its_errors():
     assert "It failed its tests" in failed_tests and "left == right" in failed_tests
     nocode = build_messages(KOAN, previous_signature="no_code")[1]["content"]
     assert "contained no Rust code" in nocode
+
+
+# ---- behaviour bugs: hints and the test lines an error points into --------------------------------------------
+
+BEHAVIOUR = parse_koan('''
+id = "tf_901"
+family = "borrow_checker"
+title = "Count the even numbers"
+expected_error = "test_failure"
+buggy = """
+pub fn evens(v: &[i32]) -> usize {
+    v.iter().filter(|x| *x % 2 == 1).count()
+}
+"""
+solution = """
+pub fn evens(v: &[i32]) -> usize {
+    v.iter().filter(|x| *x % 2 == 0).count()
+}
+"""
+tests = """
+    fn sample() -> Vec<i32> {
+        vec![1, 2, 4, 7]
+    }
+
+    #[test]
+    fn counts_evens() {
+        assert_eq!(evens(&sample()), 2);
+    }
+
+    #[test]
+    fn none_in_empty() {
+        assert_eq!(evens(&[]), 0);
+    }
+"""
+''', Path("tf_901.toml"))
+
+
+def test_test_failures_get_hints_by_signature_else_the_general_row():
+    assert "off-by-one" in hints_for([], "test_failure:assert_eq")[0]
+    assert "`todo!()`" in hints_for([], "test_failure:todo")[0]
+    assert hints_for([], "test_failure:tests_not_run")[0].startswith("It compiles, but a test fails")
+
+
+def test_a_behaviour_bug_is_shown_its_tests_on_the_first_attempt():
+    user = build_messages(BEHAVIOUR, buggy_diagnostics=[])[1]["content"]
+    assert "It compiles, but fails a test. The tests:" in user
+    assert "#[test]\nfn counts_evens() {\n    assert_eq!(evens(&sample()), 2);\n}" in user
+    assert "fn sample()" not in user                             # test functions only, not the helpers
+    assert "It compiles, but a test fails" in user               # the general hint
+    compile_koan = build_messages(KOAN, buggy_diagnostics=[E0382])[1]["content"]
+    assert "#[test]" not in compile_koan                         # an error in the program shows no tests
+
+
+def test_a_retry_is_shown_the_failing_test_only():
+    output = ("test tests::counts_evens ... \nthread 'tests::counts_evens' (3) panicked at main.rs:14:9:\n"
+              "assertion `left == right` failed\n  left: 1\n right: 2\nFAILED\ntest tests::none_in_empty ... ok\n")
+    user = build_messages(BEHAVIOUR, previous="pub fn evens(v: &[i32]) -> usize { 1 }", previous_failure=output,
+                          previous_signature="test_failure:assert_eq")[1]["content"]
+    assert "The failing test:\n```rust\n#[test]\nfn counts_evens()" in user
+    assert "fn none_in_empty" not in user and "off-by-one" in user
+
+
+def test_a_compile_error_inside_the_tests_shows_that_test():
+    code = "pub fn evens(v: Vec<i32>) -> usize {\n    v.len()\n}\n"     # 3 lines, the tests start 5 lines below
+    # line 12 of the combined source is line 7 of the tests: `assert_eq!(evens(&sample()), 2);`
+    wrong_arg = Diagnostic("error", "E0308", "mismatched types", 3 + 5 + 7, 25, "error[E0308]: mismatched types")
+    user = build_messages(BEHAVIOUR, previous=code, previous_diagnostics=[wrong_arg],
+                          previous_signature="E0308:mismatched_types")[1]["content"]
+    assert "The error is in code these tests run:" in user and "fn counts_evens()" in user
+    assert "fn none_in_empty" not in user
