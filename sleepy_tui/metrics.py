@@ -182,8 +182,3 @@ def pass_at_k(sample_runs: list[list[dict]]) -> PassAtK:
 
 def store_cycle_table(store) -> list[CycleRow]:
     return cycle_table(store.runs(), store.episodes)
-
-
-def loss_curves(adapters: list[dict]) -> dict[str, list[dict]]:
-    """adapter_id -> [{"step", "loss"}] as recorded with each trained adapter."""
-    return {a["adapter_id"]: a.get("loss_curve", []) for a in adapters}

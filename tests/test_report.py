@@ -2,7 +2,6 @@
 
 import re
 
-from sleepy_tui.metrics import koan_outcomes, store_cycle_table
 from sleepy_tui.report import PLOTS, build_report
 
 
@@ -17,11 +16,9 @@ def test_report_tables_match_the_episodes(setup, tmp_path):
     engine.cycle()
     path = build_report(engine.store, tmp_path / "report")
     md = path.read_text()
-    rows = store_cycle_table(engine.store)
-    for r in rows:  # the frozen-set table holds exactly what the episodes say
-        outs = koan_outcomes(engine.store.episodes(r.run_ids[-1]))
-        passed = sum(o.passed for o in outs.values())
-        assert re.search(rf"\| {r.cycle} \| {passed / len(outs):.1%} \| {passed} \| {len(outs) - passed} \|", md)
+    # what the scripted cycle did, written out by hand (not with the report's own functions): the baseline eval
+    # failed bc_900, the eval with the adapter passed it
+    assert re.search(r"\| 0 \| 0\.0% \| 0 \| 1 \|", md) and re.search(r"\| 1 \| 100\.0% \| 1 \| 0 \|", md)
     assert "| 0 | 0.0% | 0 | 1 | N/A (baseline) | - | base |" in md
     assert "| 1 | 100.0% | 1 | 0 | none | bc_900 | c001-" in md
     assert "\x1b[" not in md

@@ -284,11 +284,6 @@ class EmbeddedBackend(Backend):
         return {"tokens_in": prompt_tokens, "tokens_out": max(0, llm.n_tokens - prompt_tokens + 1)}
 
 
-def release_models() -> None:
-    """Drop the cached llama.cpp models (memory returns when no backend still uses them)."""
-    _LLAMAS.clear()
-
-
 def embedded_hf_dir(root: str | os.PathLike | None = None) -> Path:
     """A safetensors + tokenizer copy of the embedded model (bf16, de-quantized from the GGUF), written once.
 

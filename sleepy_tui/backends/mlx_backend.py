@@ -117,6 +117,3 @@ def mlx_config_fixes(model_dir: Path) -> dict:
             fixes["rope_scaling"] = dict(rope)
     return fixes
 
-
-def release_models() -> None:
-    _MODELS.clear()

@@ -178,6 +178,3 @@ def _CountingStreamer(base):
 
     return CountingStreamer
 
-
-def release_models() -> None:
-    _MODELS.clear()
