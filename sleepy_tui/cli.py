@@ -160,6 +160,20 @@ def cmd_koans_generate(args) -> int:
     return 0
 
 
+def cmd_koans_import(args) -> int:
+    out = Path(args.out or f"{args.source}-koans")
+    engine = _engine(args)
+    try:
+        report = engine.import_rustlings(Path(args.path), out)
+    finally:
+        engine.close()
+    kinds = ", ".join(f"{n} {k}" for k, n in sorted(report.kinds.items())) or "none"
+    print(f"wrote {len(report.written)} koan(s) to {out} ({kinds}); skipped {len(report.skipped)} exercise(s)")
+    if report.written:
+        print(f"check: sleepy koans check {out}; eval: sleepy eval --cycle 0 --koans {out}")
+    return 0 if report.written else 1
+
+
 # ---- sleep -------------------------------------------------------------------------------------------------------
 
 class _TrainPrinter:
@@ -572,6 +586,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--count", type=int, default=40, help="at most this many koans")
     p.add_argument("--family", metavar="FAMILY", help="only from this family's training koans")
     p.set_defaults(func=cmd_koans_generate)
+
+    p = ksub.add_parser("import", help="convert a local checkout of an exercise set into a koan folder")
+    _common(p)
+    p.add_argument("source", choices=("rustlings",), help="the exercise set")
+    p.add_argument("path", help="the checkout (exercises/, solutions/, info.toml)")
+    p.add_argument("--out", metavar="DIR", help="the koan folder to write (default: ./rustlings-koans)")
+    p.set_defaults(func=cmd_koans_import)
 
     p = sub.add_parser("verify", help="check a candidate fix for a koan")
     _common(p)

@@ -259,6 +259,12 @@ class Engine:
             return [], 0
         return generate(sources, self.sandbox, out_dir, limit=limit, on_line=on_line), len(sources)
 
+    def import_rustlings(self, checkout: Path, out_dir: Path, *, on_line=print):
+        """`sleepy koans import rustlings`: a rustlings checkout as a koan folder, each koan proven in the sandbox
+        (rustlings.py). Returns its ImportReport; one line per skipped exercise goes to `on_line`."""
+        from .rustlings import import_rustlings
+        return import_rustlings(checkout, out_dir, self.sandbox, on_line=on_line)
+
     def current_cycle(self) -> int:
         cycles = self.store.cycles()
         return cycles[-1]["cycle"] if cycles else 0
