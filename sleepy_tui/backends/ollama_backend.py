@@ -69,23 +69,31 @@ def _one_line(text: str) -> str:
     return " ".join(str(text).split())
 
 
-def ollama_available(host: str = "", model: str = DEFAULT_MODEL, timeout: float = 1.0) -> tuple[bool, str]:
-    """Does an Ollama answer at `host`, and does it have `model`? Returns (ok, a one-line reason)."""
+def served_models(host: str = "", timeout: float = 1.0) -> tuple[set[str] | None, str]:
+    """The models an Ollama at `host` has pulled (each name with its tag), or None and a one-line reason when
+    nothing answers there like Ollama."""
     import httpx
     import ollama
     host = resolve_host(host)
-    model = model or DEFAULT_MODEL
     try:
         with ollama.Client(host=host, timeout=timeout) as client:
             listing = client.list()
     except (ConnectionError, httpx.TransportError):
-        return False, f"Ollama not reachable at {host}"
+        return None, f"Ollama not reachable at {host}"
     except (ollama.ResponseError, ValueError) as e:  # something answers, but not like Ollama
-        return False, f"Ollama at {host} answered oddly: {_one_line(e)}"
-    names = {_with_tag(getattr(m, "model", None) or m.get("name") or "") for m in listing.models}
+        return None, f"Ollama at {host} answered oddly: {_one_line(e)}"
+    return {_with_tag(getattr(m, "model", None) or m.get("name") or "") for m in listing.models}, f"Ollama at {host}"
+
+
+def ollama_available(host: str = "", model: str = DEFAULT_MODEL, timeout: float = 1.0) -> tuple[bool, str]:
+    """Does an Ollama answer at `host`, and does it have `model`? Returns (ok, a one-line reason)."""
+    model = model or DEFAULT_MODEL
+    names, where = served_models(host, timeout)
+    if names is None:
+        return False, where
     if _with_tag(model) in names:
-        return True, f"Ollama at {host} has {model}"
-    return False, f"Ollama at {host} has no model {model} (run `ollama pull {model}`)"
+        return True, f"{where} has {model}"
+    return False, f"{where} has no model {model} (run `ollama pull {model}`)"
 
 
 @register("ollama")
