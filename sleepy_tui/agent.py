@@ -105,16 +105,17 @@ class Agent:
         # every program checked for this koan, by its tokens: the broken one is "attempt 0"
         seen: dict[tuple, tuple[int, CheckResult]] = {candidate_key(koan.buggy): (0, buggy)}
         attempts = 1 if sample is not None else self.settings.max_attempts
+        buggy_failure = buggy.output if buggy.outcome == "test_failure" else ""  # names the tests a behaviour bug fails
         for attempt in range(1, attempts + 1):
             if self.cancel.is_set():
                 break
             if repeat_of is not None and self.strategy.restart_after_repeat:
                 # The model copies the program it is shown; after a repeat, a fresh sample of the first prompt
                 # (new seed, warmer) explores where showing the repeated program once more would not.
-                messages = build_messages(koan, buggy_diagnostics=buggy.diagnostics)
+                messages = build_messages(koan, buggy_diagnostics=buggy.diagnostics, buggy_failure=buggy_failure)
             else:
                 messages = build_messages(
-                    koan, buggy_diagnostics=buggy.diagnostics, previous=previous,
+                    koan, buggy_diagnostics=buggy.diagnostics, buggy_failure=buggy_failure, previous=previous,
                     previous_diagnostics=last.diagnostics if last else None,
                     previous_failure=(last.output if last and last.outcome != "compile_error" else ""),
                     previous_signature=last_sig, repeat_of=repeat_of)

@@ -41,6 +41,21 @@ def _peft(adapter: Path) -> dict:
     return load_file(str(adapter / "adapter_model.safetensors"))
 
 
+
+def _peft_logits(base_dir, adapter):
+    """(prompt ids, next-token logits of the base in transformers, the same with the peft adapter)."""
+    import torch
+    from peft import PeftModel
+
+    from sleepy_tui.training.base_model import load_base
+    model, tok = load_base(base_dir)
+    ids = tok.apply_chat_template(PROMPT, add_generation_prompt=True, tokenize=True)
+    ids = list(ids["input_ids"] if hasattr(ids, "keys") else ids)
+    with torch.no_grad():
+        hf_base = model(torch.tensor([ids])).logits[0, -1].numpy()
+        hf_lora = PeftModel.from_pretrained(model, str(adapter)).eval()(torch.tensor([ids])).logits[0, -1].numpy()
+    return ids, hf_base, hf_lora
+
 def test_metadata_names_and_shapes(tiny_base, tmp_path):
     adapter = random_lora_adapter(tmp_path / "a", TINY, rank=4, alpha=8, targets=ALL, base_name=str(tiny_base))
     out = export_gguf_lora(adapter, tmp_path / "out" / "adapter.gguf")
@@ -203,11 +218,9 @@ def test_llama_cpp_applies_the_adapter_as_peft_does(real_cache, tmp_path):
     """llama.cpp (Q4_1 base + exported LoRA) and transformers (de-quantized base + peft) on the same prompt: the
     change the adapter makes to the next-token logits agrees. This is what the q/k permutation is for: with the
     rows left in HF order the two changes are unrelated (correlation about 0)."""
-    import torch
-    from peft import PeftModel
 
     from sleepy_tui.training import gguf_export
-    from sleepy_tui.training.base_model import load_base, resolve_base
+    from sleepy_tui.training.base_model import resolve_base
     base_dir = resolve_base("", real_cache)
     cfg = json.loads((Path(base_dir) / "config.json").read_text())
     adapter = random_lora_adapter(tmp_path / "a", cfg, std_b=0.2, targets=("q_proj", "k_proj"), base_name=base_dir)
@@ -219,12 +232,7 @@ def test_llama_cpp_applies_the_adapter_as_peft_does(real_cache, tmp_path):
     finally:
         gguf_export.permute_for_llama_cpp = unpermuted
 
-    model, tok = load_base(base_dir)
-    ids = tok.apply_chat_template(PROMPT, add_generation_prompt=True, tokenize=True)
-    ids = list(ids["input_ids"] if hasattr(ids, "keys") else ids)
-    with torch.no_grad():
-        hf_base = model(torch.tensor([ids])).logits[0, -1].numpy()
-        hf_lora = PeftModel.from_pretrained(model, str(adapter)).eval()(torch.tensor([ids])).logits[0, -1].numpy()
+    ids, hf_base, hf_lora = _peft_logits(base_dir, adapter)
 
     def cpp(lora):
         llm = _llama(lora, logits_all=True)
@@ -247,12 +255,9 @@ def test_llama_cpp_applies_a_qwen2_adapter_as_peft_does(converted_base, tmp_path
     24 attention layers change the logits so far that the Q4_K and float32 models part ways (correlation 0.70
     for the right export, 0.48 for the wrong one); at 0.02 it was 0.958 against 0.315 here."""
     pytest.importorskip("llama_cpp")
-    import torch
-    from peft import PeftModel
 
     from sleepy_tui.backends.embedded import new_llama
     from sleepy_tui.training import gguf_export
-    from sleepy_tui.training.base_model import load_base
     gguf, base_dir = converted_base("qwen2.5-coder-0.5b")    # pulled with `sleepy models pull` if absent
     cfg = json.loads((base_dir / "config.json").read_text())
     assert cfg["model_type"] == "qwen2"
@@ -265,12 +270,7 @@ def test_llama_cpp_applies_a_qwen2_adapter_as_peft_does(converted_base, tmp_path
     finally:
         gguf_export.ARCHS["qwen2"] = False
 
-    model, tok = load_base(str(base_dir))
-    ids = tok.apply_chat_template(PROMPT, add_generation_prompt=True, tokenize=True)
-    ids = list(ids["input_ids"] if hasattr(ids, "keys") else ids)
-    with torch.no_grad():
-        hf_base = model(torch.tensor([ids])).logits[0, -1].numpy()
-        hf_lora = PeftModel.from_pretrained(model, str(adapter)).eval()(torch.tensor([ids])).logits[0, -1].numpy()
+    ids, hf_base, hf_lora = _peft_logits(str(base_dir), adapter)
 
     def cpp(lora):
         kw = dict(model_path=str(gguf), n_ctx=256, n_threads=2, seed=0, verbose=False, logits_all=True)

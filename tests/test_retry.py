@@ -196,3 +196,16 @@ def test_pass_at_k_over_samples(corpus, sandbox, store):
     assert p.pass_at_1 == pytest.approx(0.5) and p.pass_at_k == 1.0
     assert p.spread == pytest.approx(0.4082, abs=1e-3)  # per-sample rates 1/2, 0, 1
     assert store_cycle_table(store) == []  # samples are not full evals: the cycle table leaves them out
+
+
+def test_a_behaviour_bugs_first_prompt_shows_only_its_failing_tests(sandbox, store):
+    corpus = load_corpus()
+    koan = corpus.koans["tf_bc_bank_transfer"]        # its buggy program fails one of its two tests
+    buggy = sandbox.check(koan.buggy, koan.tests)
+    failing = [n for n in ("moves_money", "refuses_bad_transfers") if f"thread 'tests::{n}'" in buggy.output]
+    passing = [n for n in ("moves_money", "refuses_bad_transfers") if n not in failing]
+    assert len(failing) == 1 and len(passing) == 1
+    backend = ScriptedBackend([fence(koan.solution)])
+    Agent(backend, sandbox, store, Settings(max_attempts=1)).run([koan])
+    first = backend.calls[0][-1]["content"]
+    assert f"fn {failing[0]}" in first and f"fn {passing[0]}" not in first
