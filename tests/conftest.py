@@ -123,6 +123,20 @@ def koan_dir(tmp_path) -> Path:
     return root
 
 
+@pytest.fixture
+def corpus(koan_dir):
+    """The tiny corpus of `koan_dir`, loaded."""
+    from sleepy_tui.koans import load_corpus
+    return load_corpus(koan_dir)
+
+
+@pytest.fixture
+def store(tmp_path):
+    """An empty store in a tmp state folder."""
+    from sleepy_tui.store import Store
+    return Store(tmp_path / "state")
+
+
 @pytest.fixture(scope="session")
 def sandbox():
     from sleepy_tui.sandbox import Limits, Sandbox

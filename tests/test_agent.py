@@ -2,30 +2,18 @@
 
 import threading
 
-import pytest
 
 from sleepy_tui import events as ev
 from sleepy_tui.agent import Agent
 from sleepy_tui.backends.base import BackendUnavailable
 from sleepy_tui.backends.fake import ScriptedBackend
 from sleepy_tui.config import Settings
-from sleepy_tui.koans import load_corpus
 from sleepy_tui.metrics import run_metrics
 from sleepy_tui.store import Store
 
 
 def fence(code: str) -> str:
     return f"Sure, here is the fix:\n```rust\n{code.strip()}\n```\n"
-
-
-@pytest.fixture
-def corpus(koan_dir):
-    return load_corpus(koan_dir)
-
-
-@pytest.fixture
-def store(tmp_path):
-    return Store(tmp_path / "state")
 
 
 def make_agent(replies, sandbox, store, events, **settings):

@@ -10,7 +10,6 @@ from sleepy_tui.backends.fake import ScriptedBackend
 from sleepy_tui.config import ConfigError, Settings
 from sleepy_tui.koans import load_corpus
 from sleepy_tui.retry import STRATEGIES, candidate_key
-from sleepy_tui.store import Store
 from tests.conftest import write_koan
 
 
@@ -28,16 +27,6 @@ class CountingSandbox:
         with self._lock:
             self.checked.append(code)
         return self.inner.check(code, tests, **kw)
-
-
-@pytest.fixture
-def corpus(koan_dir):
-    return load_corpus(koan_dir)
-
-
-@pytest.fixture
-def store(tmp_path):
-    return Store(tmp_path / "state")
 
 
 WRONG = "pub fn report() -> (i32, usize) {\n    (0, 0)\n}\n"
