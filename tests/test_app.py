@@ -507,3 +507,99 @@ async def test_the_model_runs_at_a_lower_priority_than_the_ui(koan_dir, _isolate
     if sys.platform.startswith("linux"):
         assert backend.nice and all(n == min(19, (ui or 0) + BACKGROUND_NICE) for n in backend.nice)
         assert backend.child_nice == backend.nice             # threads it starts (llama.cpp's, torch's) inherit it
+
+
+def _no_local_models(monkeypatch, tmp_path) -> None:
+    """Neither the models folder nor Ollama's blob store holds a table model (SmolLM2 ships in its package)."""
+    monkeypatch.setenv("SLEEPY_MODELS_DIR", str(tmp_path / "models"))
+    monkeypatch.setenv("OLLAMA_MODELS", str(tmp_path / "ollama"))
+    monkeypatch.delenv("OLLAMA_HOST", raising=False)
+
+
+async def _pick(pilot, model: str, backend: str = "embedded") -> None:
+    """On the model picker: move the cursor to the row of `model` run by `backend`, press Enter."""
+    from textual.widgets import DataTable
+    screen = pilot.app.screen
+    row = next(i for i, c in enumerate(screen.choices) if (c.model, c.backend) == (model, backend))
+    table = screen.query_one(DataTable)
+    while table.cursor_row != row:
+        await pilot.press("down" if table.cursor_row < row else "up")
+    await pilot.press("enter")
+    await pilot.pause()
+
+
+async def test_model_picker_switches_the_settings_and_the_header(koan_dir, _isolated_state, monkeypatch, tmp_path):
+    from textual.widgets import Input, Select, Static
+
+    from sleepy_tui.app.screens.model_screen import ModelScreen
+    from test_bad_input import closed_port_url
+    _no_local_models(monkeypatch, tmp_path)
+    app, backend = make_app(koan_dir, _isolated_state, [fix("bc_901"), fix("bc_902")], ollama_host=closed_port_url())
+    before = app.engine.settings
+    async with app.run_test(size=(100, 32)) as pilot:
+        await settle(pilot)
+        assert app.sub_title.startswith("fake:default model · adapter none")
+        assert "Choose model" in [c.title for c in app.get_system_commands(app.screen)]
+        await pilot.press("m")
+        await settle(pilot)
+        screen = app.screen
+        assert isinstance(screen, ModelScreen)
+        # every table model, as the embedded backend runs it; no Ollama answers, so no Ollama row
+        assert [(c.model, c.backend) for c in screen.choices] == [
+            ("qwen2.5-coder-1.5b", "embedded"), ("qwen2.5-coder-0.5b", "embedded"), ("smollm2-135m", "embedded")]
+        smol = screen.choices[2]
+        assert smol.ready and smol.default and smol.state == "ready (installed package)"
+        await _pick(pilot, "smollm2-135m")
+        assert app.screen is app.main_screen
+        s = app.engine.settings
+        assert (s.backend, s.model) == ("embedded", "smollm2-135m") and s is not before
+        assert before.model == "" and before.backend == "fake"      # the old object is frozen, replaced whole
+        assert app.sub_title.startswith("embedded:smollm2-135m · adapter none")
+        main = app.main_screen
+        assert main.query_one("#backend", Select).value == "embedded"
+        assert main.query_one("#model", Input).value == "smollm2-135m"
+        assert "SmolLM2-135M-Instruct" in str(main.query_one("#train-base-model", Static).render())
+        assert app.engine.train_base().name == "smollm2-135m"       # the trainer adapts the chosen model
+        # the picker now marks the model in use; escape leaves the settings as they are
+        await pilot.press("m")
+        await settle(pilot)
+        assert [c.model for c in app.screen.choices if c.in_use] == ["smollm2-135m"]
+        await pilot.press("escape")
+        assert app.engine.settings is s
+        # the next day run goes through the new settings (the scripted backend stands in for the model)
+        await pilot.press("d")
+        await settle(pilot)
+        assert backend.remaining == 0
+
+
+async def test_model_picker_says_how_to_pull_an_absent_model(koan_dir, _isolated_state, monkeypatch, tmp_path):
+    from textual.widgets import Static
+
+    from ollama_server import OllamaStub
+    from sleepy_tui.app.screens.model_screen import ModelScreen
+    _no_local_models(monkeypatch, tmp_path)
+    served = "qwen2.5-coder:0.5b-instruct-q4_K_M"
+    with OllamaStub(models=[served]) as ollama:
+        app, _ = make_app(koan_dir, _isolated_state, [], ollama_host=ollama.url)
+        rec = Recorder(app)
+        async with app.run_test(size=(100, 32)) as pilot:
+            await settle(pilot)
+            await pilot.press("m")
+            await settle(pilot)
+            screen = app.screen
+            absent = next(c for c in screen.choices if c.model == "qwen2.5-coder-0.5b")
+            assert not absent.ready and absent.state == "not pulled"
+            assert absent.fix == "sleepy models pull qwen2.5-coder-0.5b"
+            await _pick(pilot, "qwen2.5-coder-0.5b")
+            # refused, saying the one command: the settings stay, the picker stays open
+            assert app.screen is screen and app.engine.settings.backend == "fake"
+            detail = str(screen.query_one("#model-detail", Static).render())
+            assert "run `sleepy models pull qwen2.5-coder-0.5b`" in detail
+            assert any("run `sleepy models pull qwen2.5-coder-0.5b`" in m for m, sev in rec.notes if sev == "warning")
+            # the Ollama that serves the same model is a choice of its own
+            twin = next(c for c in screen.choices if c.backend == "ollama")
+            assert (twin.model, twin.name, twin.ready) == (served, "qwen2.5-coder-0.5b", True)
+            await _pick(pilot, served, backend="ollama")
+            assert not isinstance(app.screen, ModelScreen)
+            assert (app.engine.settings.backend, app.engine.settings.model) == ("ollama", served)
+            assert app.sub_title.startswith(f"ollama:{served} · adapter none")

@@ -52,3 +52,19 @@ def test_training_panel_after_training(snap_compare, koan_dir, _isolated_state, 
         await pilot.pause()
 
     assert snap_compare(app, terminal_size=SIZE, run_before=run_before)
+
+
+def test_model_picker(snap_compare, koan_dir, _isolated_state, monkeypatch, tmp_path):
+    from test_app import _no_local_models
+    from test_bad_input import closed_port_url
+    _no_local_models(monkeypatch, tmp_path)     # the Qwen models absent, SmolLM2 in its package: same everywhere
+    app, _ = make_app(koan_dir, _isolated_state, [], ollama_host=closed_port_url())
+
+    async def run_before(pilot) -> None:
+        await settle(pilot)
+        await pilot.press("m")
+        await settle(pilot)
+        await pilot.press("down")
+        await pilot.pause()
+
+    assert snap_compare(app, terminal_size=SIZE, run_before=run_before)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+from pathlib import Path
 from typing import Iterable
 
 from textual import on, work
@@ -25,14 +26,15 @@ from ..priority import lower_this_thread
 from ..safe_text import terminal_safe
 from .errors import explain
 from .messages import (AdapterSaved, CorrectionChecked, CycleDone, DatasetReady, FailuresLoaded, HistoryLoaded,
-                       JobEnded, KoanFlagged, StateLoaded, bridge)
+                       JobEnded, KoanFlagged, ModelsLoaded, StateLoaded, bridge)
 from .screens.help_screen import HelpScreen
 from .screens.main_screen import MainScreen
 from .state import koan_history, read_failures, read_state
 
 JOB_TITLES = {"run": "Run failed", "train": "Training failed", "state": "Could not read the state",
               "correction": "Correction check failed", "review": "Could not load the failures",
-              "history": "Could not load the history", "flag": "Could not flag the koan"}
+              "history": "Could not load the history", "flag": "Could not flag the koan",
+              "models": "Could not read the models"}
 
 
 class SleepyApp(App[int]):
@@ -69,7 +71,7 @@ class SleepyApp(App[int]):
     def main_screen(self) -> MainScreen:
         return self.screen_stack[0]  # the default screen, whatever is pushed on top
 
-    # ---- header: backend, model, adapter, cycle -----------------------------------------------------------
+    # ---- header: backend:model, adapter, cycle ------------------------------------------------------------
 
     def update_status(self, *, adapter: dict | None | str = "keep", cycle: int | None = None,
                       backend: str | None = None) -> None:
@@ -79,9 +81,19 @@ class SleepyApp(App[int]):
             self._cycle = cycle
         if backend is not None:
             self._backend_label = backend.split("+")[0]
+        self.sub_title = f"{self.serving} · adapter {self.adapter_label} · cycle {self._cycle}"
+
+    @property
+    def serving(self) -> str:
+        """backend:model: what the last run reported, else what the settings name."""
         s = self.engine.settings
-        serving = self._backend_label or f"{s.backend} · {s.model or 'default model'}"
-        self.sub_title = f"{serving} · adapter {self._adapter_label} · cycle {self._cycle}"
+        return self._backend_label or f"{s.backend}:{s.model or 'default model'}"
+
+    @property
+    def adapter_label(self) -> str:
+        """The adapter the next run loads: the settings' path (--adapter) wins over the promoted one."""
+        s = self.engine.settings
+        return f"{Path(s.adapter).name} (--adapter)" if s.adapter else self._adapter_label
 
     def apply_settings(self, **changes) -> None:
         """Replace the engine's settings (validated; raises ConfigError listing every problem)."""
@@ -175,6 +187,9 @@ class SleepyApp(App[int]):
     def flag_koan(self, koan_id: str, reason: str, target: MessagePump) -> None:
         self._track(self._flag_koan(koan_id, reason, target), target)
 
+    def load_models(self, target: MessagePump) -> None:
+        self._track(self._load_models(target), target)
+
     # ---- workers: thin wrappers over engine calls; they post, never touch widgets ------------------------------
 
     @work(thread=True, exclusive=True, exit_on_error=False, group="state")
@@ -228,6 +243,11 @@ class SleepyApp(App[int]):
     def _flag_koan(self, koan_id: str, reason: str, target: MessagePump) -> None:
         self.engine.flag_koan(koan_id, reason)
         target.post_message(KoanFlagged(koan_id))
+
+    @work(thread=True, exclusive=True, exit_on_error=False, group="models")
+    def _load_models(self, target: MessagePump) -> None:
+        lower_this_thread()  # it may hash a 1 GB model file
+        target.post_message(ModelsLoaded(self.engine.model_choices()))
 
     # ---- the one place worker outcomes are handled ------------------------------------------------------------
 

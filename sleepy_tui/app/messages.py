@@ -157,3 +157,11 @@ class KoanFlagged(Message):
     def __init__(self, koan_id: str) -> None:
         super().__init__()
         self.koan_id = koan_id
+
+
+class ModelsLoaded(Message):
+    """The model picker's rows (engine.ModelChoice), with their status read off the UI thread."""
+
+    def __init__(self, choices: list) -> None:
+        super().__init__()
+        self.choices = choices

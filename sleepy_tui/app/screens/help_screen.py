@@ -24,6 +24,7 @@ never trained on. **Gate**: the new adapter is promoted only if the eval does no
 | `s` | main | stop the run and the trainer (finished koans are kept) |
 | `t` / `u` | main | start training / resume the stopped training |
 | `r` | main | review the failed koans of the last run |
+| `m` | main | choose the model: the table models, which are pulled, the one in use |
 | `1` `2` `3` | main | Run, Train and Plots tabs |
 | `Enter` | queue | the selected koan's history |
 | `n` / `p` | review | next / previous failure |

@@ -23,6 +23,7 @@ from ..widgets.run_controls import RunControls
 from ..widgets.train_panel import TrainPanel
 from ..widgets.transcript import Transcript
 from .koan_history_screen import KoanHistoryScreen
+from .model_screen import ModelScreen
 from .review_screen import ReviewScreen
 
 INTRO = ("Welcome. Press d to start a day run: the model tries each training koan (a small broken Rust "
@@ -44,6 +45,7 @@ class MainScreen(Screen):
         Binding("t", "train", "Train"),
         Binding("u", "resume_training", "Resume", show=False),
         Binding("r", "review", "Review"),
+        Binding("m", "choose_model", "Model"),
         Binding("1", "show_tab('run')", "Run tab", show=False),
         Binding("2", "show_tab('train')", "Train tab", show=False),
         Binding("3", "show_tab('plots')", "Plots tab", show=False),
@@ -56,6 +58,7 @@ class MainScreen(Screen):
         ("Start training", "Build a dataset of verified fixes and train an adapter (t)", "train"),
         ("Resume training", "Continue the stopped training from its checkpoint (u)", "resume_training"),
         ("Review failures", "Step through the failed koans of the last run (r)", "review"),
+        ("Choose model", "The table models: which is pulled, which the next run uses (m)", "choose_model"),
     ]
 
     def __init__(self, **kwargs) -> None:
@@ -217,6 +220,18 @@ class MainScreen(Screen):
             return
         self._start_run([koan], "rerun")
 
+    def action_choose_model(self) -> None:
+        if self.app.run_busy:
+            self.notify("A run is going: stop it first (s), then choose the model.", severity="warning")
+            return
+        self.app.push_screen(ModelScreen(), self._model_chosen)
+
+    def _model_chosen(self, choice) -> None:
+        if choice is None:
+            return
+        if self._apply(backend=choice.backend, model=choice.model):
+            self.notify(f"Model {self.app.serving}: the next day run, eval and training use it.")
+
     def action_show_tab(self, tab: str) -> None:
         self.query_one(TabbedContent).active = tab
 
@@ -238,13 +253,15 @@ class MainScreen(Screen):
         if event.value.strip() != self.engine.settings.model:
             self._apply(model=event.value.strip())
 
-    def _apply(self, **changes) -> None:
+    def _apply(self, **changes) -> bool:
         try:
             self.app.apply_settings(**changes)
         except ConfigError as e:
             self.notify(str(e), severity="error")
-            return
+            return False
+        self.query_one(RunControls).show_settings(self.engine.settings)
         self.query_one(TrainPanel).show_settings(self.engine.settings)
+        return True
 
     @on(Input.Changed, ".train-field")
     @on(Select.Changed, ".train-field")

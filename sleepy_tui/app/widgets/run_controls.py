@@ -28,6 +28,15 @@ class RunControls(Horizontal):
         yield Label("model", classes="control-label")
         yield Input(s.model, placeholder="backend default", id="model", compact=True)
 
+    def show_settings(self, s: Settings) -> None:
+        """The backend and model the settings now name (after the model picker); unchanged fields stay as typed."""
+        self.settings = s
+        select, model = self.query_one("#backend", Select), self.query_one("#model", Input)
+        if select.value != s.backend:
+            select.value = s.backend
+        if model.value.strip() != s.model:
+            model.value = s.model
+
     def set_busy(self, run_busy: bool, cycle_blocked: bool) -> None:
         for bid in ("#day-run", "#eval-run"):
             self.query_one(bid, Button).disabled = run_busy
