@@ -189,9 +189,9 @@ class OllamaStub:
                 self.end_headers()
                 try:
                     for i, piece in enumerate(pieces):
+                        stub.sent_pieces = i + 1   # counted before it is written: the client may read it at once
                         self._line({"model": model, "created_at": "2025-01-01T00:00:00Z", "done": False,
                                     "message": {"role": "assistant", "content": piece}})
-                        stub.sent_pieces = i + 1
                         if i == 0 and stub.hold_after_first:
                             stub.release.wait(10)
                     self._line({**final, "message": {"role": "assistant", "content": ""}})
