@@ -263,6 +263,13 @@ def cmd_cycle(args) -> int:
         except KeyboardInterrupt:
             cancel.set()
             raise
+        except (OSError, ValueError, RuntimeError) as e:   # a trainer or a model that failed: one line, not a traceback
+            from .engine import USER_ERRORS
+            if isinstance(e, USER_ERRORS):
+                raise
+            first = str(e).splitlines()[0] if str(e) else "no message"
+            raise CliError(f"the cycle failed ({type(e).__name__}: {first}); what finished is stored "
+                           "(`sleepy status`), a stopped training resumes with `sleepy train --resume`") from None
         verdict = "PROMOTED" if rec["promoted"] else "REJECTED"
         print(f"cycle {rec['cycle']}: {verdict} ({rec['reason']}); frozen pass rate "
               f"{rec['pass_rate_before']:.1%} -> {rec['pass_rate_after']:.1%}; "

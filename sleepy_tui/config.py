@@ -13,6 +13,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 
 from . import locations
+from .safe_text import read_regular_file
 
 BACKENDS = ("auto", "ollama", "embedded", "transformers", "mlx", "openai", "fake")
 TRAIN_BACKENDS = ("torch", "mlx")
@@ -140,11 +141,12 @@ def load_settings(cli: dict | None = None, *, env: dict | None = None, file: Pat
     layers: list[tuple[str, dict]] = []
     if file.exists():
         try:
-            layers.append((str(file), tomllib.loads(file.read_text())))
-        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+            # a regular file of sane size only: a FIFO or a device named config.toml is refused, never waited on
+            layers.append((str(file), tomllib.loads(read_regular_file(file, 1 << 20).decode("utf-8"))))
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError, RecursionError) as e:
             problems.append(f"{file}: invalid TOML: {e}")
         except OSError as e:
-            problems.append(f"{file}: cannot read: {e.strerror}")
+            problems.append(f"{file}: cannot read: {e.strerror or e}")
     layers.append(("environment", {k[7:].lower(): v for k, v in env.items() if k.startswith("SLEEPY_")
                                    and k[7:].lower() in types}))
     layers.append(("command line", {k: v for k, v in (cli or {}).items() if v is not None}))

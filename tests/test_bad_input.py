@@ -902,3 +902,16 @@ def test_sleepy_run_with_a_bad_gguf_adapter_is_one_line_not_a_crash(koan_dir, tm
     assert code == 2, (code, err)                         # not -11 (SIGSEGV)
     one_error(err, str(adapter), message)
     assert not [r for r in Store(state).runs() if r["status"] == "running"]
+
+
+def test_a_fifo_named_config_toml_is_one_line_not_a_hang(tmp_path):
+    import os
+    import subprocess
+    import sys
+    state = tmp_path / "state"
+    state.mkdir()
+    os.mkfifo(state / "config.toml")
+    proc = subprocess.run([sys.executable, "-m", "sleepy_tui", "--state", str(state), "status"], capture_output=True,
+                          text=True, timeout=60, stdin=subprocess.DEVNULL)   # a hang fails here, in a minute
+    assert proc.returncode == 2
+    assert "config.toml: cannot read: a FIFO, not a regular file" in proc.stderr and "Traceback" not in proc.stderr
