@@ -39,6 +39,7 @@ from pathlib import Path
 
 from .diagnostics import Diagnostic, compile_signature, errors, parse_rustc_json, panic_signature
 from .koans import combine
+from .safe_text import read_regular_file
 from .screen import screen, test_names
 
 _JAIL = str(Path(__file__).with_name("jail.py"))
@@ -139,7 +140,7 @@ class Sandbox:
         self._root = Path(tempfile.mkdtemp(prefix="sleepy-sandbox-"))
         self._uid_lock = threading.Lock()
         self.jail = self._can_jail() if jail is None else jail
-        if self.jail and not self._can_jail():
+        if jail and not self._can_jail():   # asked for explicitly: probed once here, never silently dropped
             raise SandboxError("the jail was asked for but cannot run here (it needs root and Linux namespaces)")
 
     @property
@@ -313,8 +314,8 @@ def _capped(diags: list[Diagnostic]) -> list[Diagnostic]:
 
 def _read_log(path: Path) -> dict[str, str]:
     """libtest's log: `ok tests::name` / `failed tests::name` / `ignored tests::name`, one per test."""
-    try:
-        text = path.read_bytes()[: 1 << 20].decode("utf-8", "replace")
+    try:   # a regular file of at most 1 MiB: anything else is no log (and so no pass)
+        text = read_regular_file(path, 1 << 20).decode("utf-8", "replace")
     except OSError:
         return {}
     out: dict[str, str] = {}
