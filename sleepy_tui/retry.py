@@ -26,12 +26,13 @@ class RetryStrategy:
     restart_after_repeat: bool = False     # after a repeat, ask afresh (the first attempt's prompt, a new seed and
                                            # temperature) instead of showing the repeated program once more
 
-    def options(self, settings, koan_id: str, attempt: int, sample: int = 0) -> GenOptions:
-        """Sampling for one attempt of one koan (attempt is 1-based; sample counts independent runs)."""
-        if sample and not self.seed_per_attempt:
-            seed = derive_seed(settings.seed, "sample", sample)
+    def options(self, settings, koan_id: str, attempt: int, repeat: int = 0) -> GenOptions:
+        """Sampling for one attempt of one koan (attempt is 1-based; `repeat` numbers repeated whole runs, each
+        with seeds of its own)."""
+        if repeat and not self.seed_per_attempt:
+            seed = derive_seed(settings.seed, "sample", repeat)
         elif self.seed_per_attempt:
-            seed = derive_seed(settings.seed, koan_id, attempt, sample)
+            seed = derive_seed(settings.seed, koan_id, attempt, repeat)
         else:
             seed = settings.seed
         temperature = settings.temperature
