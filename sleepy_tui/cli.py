@@ -19,10 +19,8 @@ class CliError(Exception):
 
 
 def _settings(args) -> Settings:
-    cli = {k: getattr(args, k, None) for k in ("backend", "model", "adapter", "max_attempts", "temperature",
-                                               "seed", "max_tokens", "steps", "learning_rate", "lora_rank",
-                                               "lora_alpha", "batch_size", "replay_share", "train_backend",
-                                               "checkpoint_every", "ollama_host", "retry_strategy", "parallel")}
+    from dataclasses import fields
+    cli = {f.name: getattr(args, f.name, None) for f in fields(Settings) if f.metadata.get("group")}
     if getattr(args, "koans", None):
         cli["koans_dir"] = str(Path(args.koans).resolve())
     if getattr(args, "state", None):
@@ -248,7 +246,6 @@ def cmd_train(args) -> int:
 def cmd_cycle(args) -> int:
     from .engine import EngineError
     engine = _engine(args)
-    overrides = {"steps": args.steps} if args.steps else {}
     cancel = threading.Event()
     printer, tprinter = _Printer(getattr(args, "stream", False)), _TrainPrinter()
 
@@ -257,7 +254,7 @@ def cmd_cycle(args) -> int:
 
     for _ in range(args.cycles):
         try:
-            rec = engine.cycle(day_count=args.count, on_event=on_event, cancel=cancel, train_overrides=overrides)
+            rec = engine.cycle(day_count=args.count, on_event=on_event, cancel=cancel)
         except EngineError as e:
             raise CliError(str(e)) from None
         except KeyboardInterrupt:
@@ -530,21 +527,27 @@ def _models_parser(sub) -> None:
 
 # ---- wiring --------------------------------------------------------------------------------------------------------
 
+def _setting_flags(p: argparse.ArgumentParser, group: str, top: bool = False) -> None:
+    """The flags of one group of settings, made from Settings itself (config.py): the name, type, metavar and
+    help are written once there, so no setting is missing from a command that needs it."""
+    from dataclasses import fields
+
+    from .config import Settings
+    types = {"int": int, "float": float}
+    for f in fields(Settings):
+        meta = f.metadata
+        if meta.get("group") != group:
+            continue
+        kw = {"dest": f.name, "help": meta["help"], "type": types.get(f.type, str)}
+        if meta.get("metavar"):
+            kw["metavar"] = meta["metavar"]
+        if not top:
+            kw["default"] = argparse.SUPPRESS  # sub-commands keep what was given before them
+        p.add_argument(meta.get("flag") or "--" + f.name.replace("_", "-"), **kw)
+
+
 def _model_flags(p: argparse.ArgumentParser, top: bool = False) -> None:
-    d = {} if top else {"default": argparse.SUPPRESS}  # sub-commands keep what was given before them
-    p.add_argument("--backend", help="auto | ollama | embedded | transformers | mlx | openai", **d)
-    p.add_argument("--model", help="model name or path for the backend", **d)
-    p.add_argument("--adapter", help="LoRA adapter path", **d)
-    p.add_argument("--max-attempts", type=int, dest="max_attempts", **d)
-    p.add_argument("--temperature", type=float, **d)
-    p.add_argument("--seed", type=int, **d)
-    p.add_argument("--max-tokens", type=int, dest="max_tokens", **d)
-    p.add_argument("--retry-strategy", dest="retry_strategy", metavar="NAME",
-                   help="how sampling changes between attempts: explore (default) | fixed", **d)
-    p.add_argument("--parallel", type=int, metavar="N", help="koans in flight at once (servers: Ollama, "
-                   "OpenAI-compatible; the embedded model runs one)", **d)
-    p.add_argument("--ollama-host", dest="ollama_host", metavar="URL", help="where Ollama answers "
-                   "(default: OLLAMA_HOST, else http://127.0.0.1:11434)", **d)
+    _setting_flags(p, "model", top)
     if not top:
         p.add_argument("--stream", action="store_true", help="print the model's output as it streams")
 
@@ -630,25 +633,16 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="sleep: train a LoRA adapter on the verified fixes so far")
     _common(p)
     _model_flags(p)
-    p.add_argument("--train-backend", dest="train_backend", choices=("torch", "mlx"))
-    p.add_argument("--steps", type=int)
-    p.add_argument("--learning-rate", type=float, dest="learning_rate")
-    p.add_argument("--rank", type=int, dest="lora_rank")
-    p.add_argument("--alpha", type=int, dest="lora_alpha")
-    p.add_argument("--batch-size", type=int, dest="batch_size")
-    p.add_argument("--replay-share", type=float, dest="replay_share")
-    p.add_argument("--checkpoint-every", type=int, dest="checkpoint_every", metavar="N",
-                   help="save a resumable checkpoint every N steps (default 20)")
+    _setting_flags(p, "train")
     p.add_argument("--resume", action="store_true", help="continue the last stopped or crashed training")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("cycle", help="day -> sleep -> eval -> gate")
     _common(p)
     _model_flags(p)
+    _setting_flags(p, "train")
     p.add_argument("--count", type=int, help="training koans in the day (default: all)")
-    p.add_argument("--steps", type=int, help="training steps")
     p.add_argument("--cycles", type=int, default=1)
-    p.add_argument("--train-backend", dest="train_backend", choices=("torch", "mlx"))
     p.set_defaults(func=cmd_cycle)
 
     p = sub.add_parser("adapters", help="list, promote or roll back adapters")

@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import tomllib
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 from . import locations
@@ -23,43 +23,56 @@ class ConfigError(ValueError):
     """Bad settings; the message lists every problem, one per line."""
 
 
+def setting(default, help: str, *, group: str = "", flag: str = "", metavar: str = ""):
+    """A field of Settings with its one description: the CLI flag (for a `group` of commands: "model" for every
+    command that runs the model, "train" for the ones that train), its --help and the docs read it from here."""
+    return field(default=default, metadata={"help": help, "group": group, "flag": flag, "metavar": metavar})
+
+
 @dataclass(frozen=True)
 class Settings:
     # --- model serving ---
-    backend: str = "auto"              # auto | ollama | embedded | transformers | mlx | openai | fake
-    model: str = ""                    # empty: the backend's default model
-    adapter: str = ""                  # LoRA adapter path for backends that take one; empty: the promoted one
-    ollama_host: str = "http://127.0.0.1:11434"
-    openai_base_url: str = "http://127.0.0.1:8000/v1"
-    openai_api_key: str = "none"
-    temperature: float = 0.2
-    seed: int = 0
-    max_tokens: int = 768              # per reply
+    backend: str = setting("auto", "auto | ollama | embedded | transformers | mlx | openai | fake", group="model")
+    model: str = setting("", "model name (a table model, an Ollama name) or a GGUF/model path; empty: the "
+                             "backend's default", group="model")
+    adapter: str = setting("", "LoRA adapter path for backends that take one; empty: the promoted one",
+                           group="model")
+    ollama_host: str = setting("http://127.0.0.1:11434", "where Ollama answers (default: OLLAMA_HOST, else "
+                               "http://127.0.0.1:11434)", group="model", metavar="URL")
+    openai_base_url: str = setting("http://127.0.0.1:8000/v1", "the OpenAI-compatible server's base URL")
+    openai_api_key: str = setting("none", "the OpenAI-compatible server's API key")
+    temperature: float = setting(0.2, "sampling temperature where the retry strategy does not set one",
+                                 group="model")
+    seed: int = setting(0, "the seed every attempt's sampling seed is derived from", group="model")
+    max_tokens: int = setting(768, "tokens per reply", group="model")
     # --- the agent loop ---
-    max_attempts: int = 5
-    retry_strategy: str = "explore"    # how sampling changes between attempts (retry.py): explore | fixed
-    parallel: int = 1                  # koans in flight at once, where the backend serves several (servers)
-    compile_timeout_s: float = 60.0
-    run_timeout_s: float = 10.0
-    memory_mb: int = 1024              # address space of a test binary
+    max_attempts: int = setting(5, "attempts per koan", group="model")
+    retry_strategy: str = setting("explore", "how sampling changes between attempts (retry.py): explore | fixed",
+                                  group="model", metavar="NAME")
+    parallel: int = setting(1, "koans in flight at once (servers: Ollama, OpenAI-compatible; the embedded model "
+                               "runs one)", group="model", metavar="N")
+    compile_timeout_s: float = setting(60.0, "seconds rustc may take per check")
+    run_timeout_s: float = setting(10.0, "seconds a test binary may take")
+    memory_mb: int = setting(1024, "address space of a test binary, MiB")
     # --- sleep (LoRA training) ---
-    train_backend: str = "torch"       # torch | mlx
-    steps: int = 60
-    learning_rate: float = 2e-4
-    lora_rank: int = 8
-    lora_alpha: int = 16
-    lora_dropout: float = 0.05
-    target_modules: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj")
-    batch_size: int = 4
-    grad_accum: int = 1
-    max_seq_len: int = 1024
-    checkpoint_every: int = 20         # steps between training checkpoints (0: only at the end / on stop)
-    replay_share: float = 0.3          # share of replayed, already-solved examples in a dataset
-    gate_tolerance: float = 0.0        # share (0..1) of frozen koans that may regress, and of pass rate that may
-                                       # drop, for the gate to promote; 0: none
+    train_backend: str = setting("torch", "torch | mlx", group="train")
+    steps: int = setting(60, "training steps", group="train")
+    learning_rate: float = setting(2e-4, "LoRA learning rate", group="train")
+    lora_rank: int = setting(8, "LoRA rank", group="train", flag="--rank")
+    lora_alpha: int = setting(16, "LoRA alpha", group="train", flag="--alpha")
+    lora_dropout: float = setting(0.05, "LoRA dropout")
+    target_modules: tuple[str, ...] = setting(("q_proj", "k_proj", "v_proj", "o_proj"), "modules LoRA adapts")
+    batch_size: int = setting(4, "examples per step", group="train")
+    grad_accum: int = setting(1, "micro-batches accumulated per step")
+    max_seq_len: int = setting(1024, "tokens per training example")
+    checkpoint_every: int = setting(20, "steps between resumable checkpoints (0: only at the end or on stop)",
+                                    group="train", metavar="N")
+    replay_share: float = setting(0.3, "share of replayed, already-solved examples in a dataset", group="train")
+    gate_tolerance: float = setting(0.0, "share (0..1) of frozen koans that may regress, and of pass rate that "
+                                         "may drop, for the gate to promote; 0: none")
     # --- where ---
-    koans_dir: str = ""                # empty: the project's koans/
-    state_dir: str = ""                # empty: the project's state/
+    koans_dir: str = setting("", "koan folder; empty: the project's koans/ (flag: --koans)")
+    state_dir: str = setting("", "state folder; empty: the project's state/ (flag: --state)")
 
     def replace(self, **changes) -> "Settings":
         new = dataclasses.replace(self, **changes)

@@ -97,3 +97,27 @@ def test_console_script_runs_without_traceback(koan_dir):
     exe = Path(sys.executable).parent / "sleepy"
     r = subprocess.run([str(exe), "koans", "show", "nope", "--koans", str(koan_dir)], capture_output=True, text=True)
     assert r.returncode == 2 and r.stderr.strip() == "sleepy: error: unknown koan id(s): nope"
+
+
+def test_every_grouped_setting_is_a_flag_of_its_commands():
+    """The flags are made from Settings: none can be missing from a command of its group, and each reaches
+    the settings the command builds."""
+    from dataclasses import fields
+
+    from sleepy_tui.cli import _settings, build_parser
+    from sleepy_tui.config import Settings
+    values = {int: "3", float: "0.5", str: "x"}
+    parser = build_parser()
+    for f in fields(Settings):
+        group = f.metadata.get("group")
+        if not group:
+            continue
+        flag = f.metadata.get("flag") or "--" + f.name.replace("_", "-")
+        typ = {"int": int, "float": float}.get(f.type, str)
+        for command in (["run", "eval", "train", "cycle"] if group == "model" else ["train", "cycle"]):
+            required = ["--cycle", "0"] if command == "eval" else []
+            args = parser.parse_args([command, *required, flag, values[typ]])
+            assert getattr(args, f.name) == typ(values[typ]), (command, flag)
+    args = parser.parse_args(["eval", "--cycle", "0", "--parallel", "3", "--retry-strategy", "fixed", "--seed", "7"])
+    s = _settings(args)
+    assert (s.parallel, s.retry_strategy, s.seed) == (3, "fixed", 7)
