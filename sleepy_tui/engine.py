@@ -464,7 +464,7 @@ class Engine:
         baseline = self.baseline_eval(on_event=on_event, cancel=cancel, backend_name=serve)
         n = self.current_cycle() + 1
         corpus = self.corpus()
-        koans = corpus.day_queue(day_count)
+        koans = self.day_koans(day_count, corpus=corpus)   # the same day as `sleepy run`: flagged koans skipped
         day = self.run_agent(koans, kind="day", cycle=n, on_event=on_event, cancel=cancel, backend_name=serve)
         if day.cancelled or day.error:
             raise EngineError(day.error or "cycle cancelled during the day")

@@ -163,3 +163,11 @@ def test_a_sampled_eval_is_no_baseline(koan_dir, tmp_path):
         assert engine.baseline_eval() != sampled.run_id   # a full eval was run for the baseline
     finally:
         engine.close()
+
+
+def test_a_cycles_day_skips_flagged_koans_too(setup):
+    engine, corpus, replies, trainer = setup
+    engine.flag_koan("bc_902", "unfair")
+    replies += ["no idea", "no idea", "no idea"]   # baseline eval, the day (bc_901 only), the eval
+    rec = engine.cycle()
+    assert engine.store.run(rec["day_run_id"])["koan_ids"] == ["bc_901"]
