@@ -139,6 +139,7 @@ class Sandbox:
         self.sysroot, self.libdir = sysroot, libdir
         self._root = Path(tempfile.mkdtemp(prefix="sleepy-sandbox-"))
         self._uid_lock = threading.Lock()
+        self._top = _top_level_links()   # the host's /bin, /lib, ... layout, read once
         self.jail = self._can_jail() if jail is None else jail
         if jail and not self._can_jail():   # asked for explicitly: probed once here, never silently dropped
             raise SandboxError("the jail was asked for but cannot run here (it needs root and Linux namespaces)")
@@ -283,7 +284,7 @@ class Sandbox:
         root.mkdir(mode=0o700, exist_ok=True)
         status = work / ".status"
         status.unlink(missing_ok=True)
-        top_binds, links = _top_level_links()
+        top_binds, links = self._top
         spec = {"root": str(root), "out": str(work), "uid": uid, "size_mb": size_mb, "cmd": cmd, "env": env,
                 "binds": top_binds + binds, "links": links, "copy_in": copy_in, "copy_out": copy_out,
                 "rlimits": rlimits}
