@@ -65,6 +65,8 @@ class Settings:
     batch_size: int = setting(4, "examples per step", group="train")
     grad_accum: int = setting(1, "micro-batches accumulated per step")
     max_seq_len: int = setting(1024, "tokens per training example")
+    precision: str = setting("auto", "training compute dtype: auto (bfloat16 where the CPU/GPU multiplies it "
+                                     "natively, else float32) | float32 | bfloat16", group="train", metavar="DTYPE")
     checkpoint_every: int = setting(20, "steps between resumable checkpoints (0: only at the end or on stop)",
                                     group="train", metavar="N")
     replay_share: float = setting(0.3, "share of replayed, already-solved examples in a dataset", group="train")
@@ -110,6 +112,8 @@ class Settings:
                 p.append(f"{name}: must be within 0..1, got {getattr(self, name)}")
         if not self.target_modules:
             p.append("target_modules: name at least one module")
+        if self.precision not in ("auto", "float32", "bfloat16"):
+            p.append(f"precision: unknown {self.precision!r} (auto | float32 | bfloat16)")
         return p
 
     def validate(self) -> None:

@@ -22,3 +22,31 @@ def pick_device(preferred: str = "") -> str:
     if torch.cuda.is_available():
         return "cuda"
     return "mps" if mps_ok else "cpu"
+
+
+def cpu_flags() -> set[str]:
+    """The CPU's feature flags as Linux reports them (/proc/cpuinfo `flags`, or `Features` on ARM); empty
+    elsewhere."""
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if key.strip() in ("flags", "Features"):
+                    return set(value.split())
+    except OSError:
+        pass
+    return set()
+
+
+def fast_bf16(device: str) -> bool:
+    """Whether bfloat16 matrix products run in hardware on `device`: a CUDA GPU that supports them, or a CPU
+    with AVX-512 BF16 / AMX (x86) or the BF16 extension (ARM). Elsewhere torch emulates them, slower than
+    float32."""
+    import torch
+    kind = device.split(":")[0]
+    if kind == "cuda":
+        return bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported())
+    if kind != "cpu":
+        return False
+    flags = cpu_flags()
+    return bool(flags & {"avx512_bf16", "amx_bf16", "bf16"})

@@ -98,6 +98,8 @@ class TrainStarted(Event):
     total_steps: int
     examples: int
     resumed_from: int = 0
+    load_s: float = 0.0         # the phase before the first step: base model load (and a first de-quantization)
+    load_detail: str = ""
 
 
 @dataclass(frozen=True)
@@ -107,7 +109,8 @@ class TrainStep(Event):
     loss: float
     learning_rate: float
     tokens_per_s: float
-    eta_s: float
+    eta_s: float                # from measured step times (a call's first, warm-up step left out)
+    seconds: float = 0.0        # this step's wall time
 
 
 @dataclass(frozen=True)

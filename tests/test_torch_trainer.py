@@ -224,7 +224,9 @@ def test_stop_crash_and_resume_end_like_an_unbroken_run(tiny, unbroken, tmp_path
     events = []
     with pytest.raises(Crash):
         _train(tiny, out, events=events, hook=crash_at_13)
-    assert events[0] == ev.TrainStarted(run_dir=str(out), total_steps=STEPS, examples=8, resumed_from=7)
+    started = events[0]
+    assert isinstance(started, ev.TrainStarted) and started.load_s > 0
+    assert (started.run_dir, started.total_steps, started.examples, started.resumed_from) == (str(out), STEPS, 8, 7)
     assert isinstance(events[-1], ev.TrainError) and "power cut" in events[-1].message
     assert [s for s, _ in checkpoints(out)] == [7, 10]
 
@@ -241,7 +243,7 @@ def test_stop_between_micro_batches_undoes_the_step(tiny, tmp_path, monkeypatch)
     """With grad_accum, a stop arriving mid-step ends the run at the last whole step; resuming repeats the
     interrupted step exactly."""
     from sleepy_tui.training import torch_trainer
-    kw = dict(steps=8, grad_accum=2, checkpoint_every=0)
+    kw = dict(steps=8, grad_accum=2, batch_size=2, checkpoint_every=0)   # on a CPU: 4 forward calls a step
     whole = _train(tiny, tmp_path / "whole", resume=False, **kw)
 
     stop = threading.Event()
@@ -254,7 +256,7 @@ def test_stop_between_micro_batches_undoes_the_step(tiny, tmp_path, monkeypatch)
 
         def counted(*a, **k):
             calls["n"] += 1
-            if calls["n"] == 2 * 5 + 1:        # the first micro-batch of step 6
+            if calls["n"] == 4 * 5 + 1:        # the first micro-batch of step 6
                 stop.set()
             return forward(*a, **k)
 

@@ -38,12 +38,13 @@ class TrainConfig:
     seed: int = 0
     checkpoint_every: int = 20
     device: str = ""                     # empty: cuda, then mps, then cpu
+    precision: str = "auto"              # auto | float32 | bfloat16 (auto: bf16 where the hardware has it)
 
     @classmethod
     def from_settings(cls, s, **overrides) -> "TrainConfig":
         base = dict(steps=s.steps, learning_rate=s.learning_rate, lora_rank=s.lora_rank, lora_alpha=s.lora_alpha,
                     lora_dropout=s.lora_dropout, target_modules=tuple(s.target_modules), batch_size=s.batch_size,
-                    grad_accum=s.grad_accum, max_seq_len=s.max_seq_len, seed=s.seed,
+                    grad_accum=s.grad_accum, max_seq_len=s.max_seq_len, seed=s.seed, precision=s.precision,
                     checkpoint_every=s.checkpoint_every)
         base.update(overrides)
         return cls(**base)

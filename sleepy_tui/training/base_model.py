@@ -113,13 +113,24 @@ def base_source(base_model: str = "") -> tuple[str, Path | None]:
     return "hub", None
 
 
+def _conversion_dir(gguf: Path, cache_dir: str | os.PathLike | None) -> Path:
+    root = Path(cache_dir) if cache_dir else default_cache_dir()
+    return root / "models" / f"{Path(gguf).stem}-{gguf_key(Path(gguf))}"
+
+
+def cached_conversion(gguf: Path, cache_dir: str | os.PathLike | None = None) -> Path | None:
+    """The float32 folder converted from `gguf` earlier, if there is one."""
+    out = _conversion_dir(gguf, cache_dir)
+    return out if _is_model_dir(out) and (out / "tokenizer_config.json").is_file() else None
+
+
 def hf_dir_for_gguf(gguf: Path, cache_dir: str | os.PathLike | None = None) -> Path:
     """A float32 HF folder (config, safetensors, tokenizer) converted from `gguf`, written once and reused."""
     gguf = Path(gguf)
-    root = Path(cache_dir) if cache_dir else default_cache_dir()
-    out = root / "models" / f"{gguf.stem}-{gguf_key(gguf)}"
-    if _is_model_dir(out) and (out / "tokenizer_config.json").is_file():
-        return out
+    done = cached_conversion(gguf, cache_dir)
+    if done is not None:
+        return done
+    out = _conversion_dir(gguf, cache_dir)
     import torch
     from safetensors.torch import save_file
     from transformers import AutoModelForCausalLM, AutoTokenizer

@@ -10,7 +10,7 @@ weights as an unbroken one.
                                optimizer.safetensors (tree_flatten(optimizer.state)), trainer_state.json
                                (step, RNG key, data order, config, dataset hash, the loss log so far)
     adapter/                   the final adapter: mlx_lm.load(model_dir, adapter_path=out_dir / "adapter")
-    loss.jsonl, train_config.json
+    loss.jsonl, train_config.json, train_stats.json (see loop.py)
 
 The loss is taken on the assistant reply only: the prompt (system + user turns and the assistant header) is
 masked. One step is one optimizer update over `grad_accum` batches of `batch_size` examples.
@@ -21,19 +21,19 @@ where mlx can't run.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
-import re
-import shutil
 import threading
 import time
 from pathlib import Path
 
 from .. import events as ev
+from ..atomic import write_json
 from ..backends.mlx_backend import mlx_config_fixes
+from . import checkpoint as ckpt
 from .base import TrainConfig, TrainingUnavailable, TrainResult, encode_example, encode_rows, read_dataset
+from .loop import train_loop
 
 ADAPTER_WEIGHTS = "adapters.safetensors"
 ADAPTER_CONFIG = "adapter_config.json"
@@ -41,9 +41,6 @@ OPTIMIZER_FILE = "optimizer.safetensors"
 STATE_FILE = "trainer_state.json"        # written last: a checkpoint folder without it is incomplete
 MAX_GRAD_NORM = 1.0                      # transformers' Trainer default
 PAD_MULTIPLE = 32                        # pad batches to few distinct shapes: the compiled step retraces per shape
-_CKPT = re.compile(r"^step-(\d{6})$")
-# Config fields a resumed run may change without changing what it computes.
-_RESUME_FREE = ("checkpoint_every", "device")
 
 INSTALL_HINT = "pip install mlx-lm (and on Linux mlx[cpu], or mlx[cuda] for an NVIDIA GPU)"
 
@@ -246,53 +243,16 @@ def lr_schedule(config: TrainConfig):
 
 # ---- checkpoints ---------------------------------------------------------------------------------------------------
 
-def _write_json(path: Path, obj) -> None:
-    path.write_text(json.dumps(obj, indent=2, default=str))
-
-
-def _replace_dir(tmp: Path, final: Path) -> None:
-    """Put a fully written folder in place; an older one of the same name goes only after the new one is in."""
-    old = None
-    if final.exists():
-        old = final.with_name(f".tmp-old-{final.name}-{os.getpid()}")
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(final, old)
-    os.replace(tmp, final)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
-
-
-def _write_folder(final: Path, fill) -> None:
-    """Atomically: fill(tmp) writes into a fresh temporary folder next to `final`, which then takes its place."""
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = final.parent / f".tmp-{final.name}-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    fill(tmp)
-    _replace_dir(tmp, final)
-
-
 def _save_adapter(folder: Path, model, adapter_cfg: dict) -> None:
     import mlx.core as mx
     from mlx.utils import tree_flatten
     mx.save_safetensors(str(folder / ADAPTER_WEIGHTS), dict(tree_flatten(model.trainable_parameters())))
-    _write_json(folder / ADAPTER_CONFIG, adapter_cfg)
+    write_json(folder / ADAPTER_CONFIG, adapter_cfg)
 
 
 def checkpoints(out_dir: Path) -> list[tuple[int, Path]]:
     """Complete checkpoints in out_dir, oldest first."""
-    root = out_dir / "checkpoints"
-    found = []
-    if root.is_dir():
-        for p in root.iterdir():
-            m = _CKPT.match(p.name)
-            if m and (p / STATE_FILE).is_file():
-                found.append((int(m.group(1)), p))
-    return sorted(found)
-
-
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
+    return ckpt.complete(Path(out_dir), (STATE_FILE,))
 
 
 def _rng_key() -> list[int]:
@@ -306,18 +266,14 @@ def _set_rng_key(key: list[int]) -> None:
     mx.random.seed((int(key[0]) << 32) | int(key[1]))
 
 
-def _compatible(saved: dict, config: TrainConfig) -> list[str]:
-    now = config.to_dict()
-    return [f"{k}: {saved.get(k)!r} -> {now[k]!r}" for k in now
-            if k not in _RESUME_FREE and saved.get(k) != now[k]]
-
-
 # ---- the trainer -----------------------------------------------------------------------------------------------------
 
 class _Run:
     """One training run in memory: the model with its LoRA layers, the optimizer, the data order, the loss log.
 
-    Everything a checkpoint holds is here, so `save` and `restore` are each other's inverse."""
+    Everything a checkpoint holds is here, so `write_checkpoint` and `restore` are each other's inverse."""
+
+    required = (STATE_FILE,)
 
     def __init__(self, config: TrainConfig, model, examples: list, base_dir: Path, data_hash: str, compile: bool):
         import mlx.core as mx
@@ -340,12 +296,18 @@ class _Run:
 
     # -- checkpoints --
 
-    def save(self, folder: Path) -> None:
+    def snapshot(self) -> None:
+        return None                                  # one process: the state is read when it is written
+
+    def write_adapter(self, folder: Path) -> None:
+        _save_adapter(folder, self.model, {**self.adapter_cfg, "steps": self.step})
+
+    def write_checkpoint(self, folder: Path, snapshot=None) -> None:
         import mlx.core as mx
         from mlx.utils import tree_flatten
-        _save_adapter(folder, self.model, {**self.adapter_cfg, "steps": self.step})
+        self.write_adapter(folder)
         mx.save_safetensors(str(folder / OPTIMIZER_FILE), dict(tree_flatten(self.optimizer.state)))
-        _write_json(folder / STATE_FILE, {
+        write_json(folder / STATE_FILE, {
             "step": self.step, "rng_key": _rng_key(), "data_order": self.order.state(),
             "config": self.config.to_dict(), "dataset_sha256": self.data_hash, "base_model_dir": str(self.base_dir),
             "log": self.log})
@@ -389,25 +351,28 @@ class _Run:
 
         return mx.compile(step_fn, inputs=self.state, outputs=self.state) if self._compile else step_fn
 
-    def train_step(self) -> dict:
-        """One optimizer update over grad_accum batches; its log record."""
+    def train_step(self, stop: threading.Event | None = None) -> dict:
+        """One optimizer update over grad_accum batches; its log record (a stop waits for the step's end)."""
         import mlx.core as mx
         if self._step_fn is None:
             self._step_fn = self._build_step()
             self.model.train()
         t0 = time.perf_counter()
-        grad, losses, tokens = None, [], 0
+        grad, losses, tokens, processed = None, [], 0, 0
         for micro in range(self.config.grad_accum):
             idx = self.order.take(self.per_batch)
             tokens += sum(len(self.examples[i][0]) for i in idx)
-            loss, _, grad = self._step_fn(make_batch(self.examples, idx), grad, micro == self.config.grad_accum - 1)
+            batch = make_batch(self.examples, idx)
+            processed += int(batch[0].size)
+            loss, _, grad = self._step_fn(batch, grad, micro == self.config.grad_accum - 1)
             losses.append(loss)
             mx.eval(self.state, losses, grad)
         dt = time.perf_counter() - t0
         self.step += 1
         rec = {"step": self.step, "loss": sum(x.item() for x in losses) / len(losses),
                "lr": float(self.optimizer.learning_rate.item()),        # the rate this update used
-               "tokens_per_s": tokens / dt if dt > 0 else 0.0, "seconds": dt}
+               "tokens_per_s": tokens / dt if dt > 0 else 0.0, "seconds": dt,
+               "useful_tokens": tokens, "processed_tokens": processed}
         self.log.append(rec)
         return rec
 
@@ -440,25 +405,17 @@ class MlxTrainer:
             raise ValueError("steps, batch_size, grad_accum and lora_rank must be > 0")
         device = self._device(config.device)
         rows = read_dataset(dataset)
-        data_hash = _sha256(dataset)
-        out_dir.mkdir(parents=True, exist_ok=True)
+        data_hash = ckpt.sha256(dataset)
         found = checkpoints(out_dir) if resume else []
         latest = found[-1][1] if found else None
         saved = json.loads((latest / STATE_FILE).read_text()) if latest else None
         if saved is not None:
-            diffs = _compatible(saved["config"], config)
-            if saved.get("dataset_sha256") != data_hash:
-                diffs.append("the dataset changed")
+            diffs = ckpt.resume_problems(saved, config.to_dict(), data_hash)
             if diffs:
-                raise ValueError(f"can't resume from {latest}: it was trained with a different setup "
-                                 f"({'; '.join(diffs)}); train with resume=False or into a new folder")
-        if not resume:
-            shutil.rmtree(out_dir / "checkpoints", ignore_errors=True)
-            shutil.rmtree(out_dir / "adapter", ignore_errors=True)
-        for folder in (out_dir, out_dir / "checkpoints"):      # half-written folders a crash left behind
-            for junk in (folder.glob(".tmp-*") if folder.is_dir() else ()):
-                shutil.rmtree(junk, ignore_errors=True)
+                raise ckpt.refuse_resume(latest, diffs)
+        ckpt.prepare(out_dir, resume)
 
+        t_load = time.perf_counter()
         base_dir = resolve_base_model(config.base_model, self.cache_dir)
         with mx.stream(device):
             model, tokenizer = load_model(base_dir)
@@ -467,48 +424,14 @@ class MlxTrainer:
             if saved is not None:
                 run.restore(latest, saved)
             mx.eval(model.parameters(), run.optimizer.state)
-            _write_json(out_dir / "train_config.json", {
+            write_json(out_dir / "train_config.json", {
                 "trainer": self.name, **config.to_dict(), "base_model_dir": str(base_dir), "dataset": str(dataset),
                 "dataset_sha256": data_hash, "examples": len(examples), "skipped_examples": len(rows) - len(examples),
                 "optimizer": "adam (bias-corrected)", "max_grad_norm": MAX_GRAD_NORM,
                 "lora_scale": config.lora_alpha / config.lora_rank, "device": str(device), "versions": _versions()})
-            with open(out_dir / "loss.jsonl", "w", encoding="utf-8") as f:   # what the checkpoint knows, no more
-                f.writelines(json.dumps(_loss_record(r)) + "\n" for r in run.log)
-
-            def checkpoint() -> Path:
-                final = out_dir / "checkpoints" / f"step-{run.step:06d}"
-                _write_folder(final, run.save)
-                on_event(ev.CheckpointSaved(step=run.step, path=str(final)))
-                return final
-
-            def finish(adapter_dir: Path, stopped: bool) -> TrainResult:
-                losses = [r["loss"] for r in run.log]
-                on_event(ev.TrainDone(adapter_dir=str(adapter_dir), steps=run.step, stopped=stopped,
-                                      initial_loss=losses[0] if losses else None,
-                                      final_loss=losses[-1] if losses else None))
-                return TrainResult(adapter_dir=adapter_dir, steps=run.step, losses=losses, stopped=stopped)
-
-            on_event(ev.TrainStarted(run_dir=str(out_dir), total_steps=config.steps, examples=len(examples),
-                                     resumed_from=run.step))
-            last_ckpt = latest          # a checkpoint of the current step, if there is one
-            seconds: list[float] = []
-            while run.step < config.steps:
-                if stop is not None and stop.is_set():
-                    return finish(last_ckpt or checkpoint(), stopped=True)
-                rec = run.train_step()
-                seconds.append(rec["seconds"])
-                with open(out_dir / "loss.jsonl", "a", encoding="utf-8") as f:
-                    f.write(json.dumps(_loss_record(rec)) + "\n")
-                recent = seconds[-10:]
-                on_event(ev.TrainStep(step=run.step, total_steps=config.steps, loss=rec["loss"],
-                                      learning_rate=rec["lr"], tokens_per_s=rec["tokens_per_s"],
-                                      eta_s=sum(recent) / len(recent) * (config.steps - run.step)))
-                periodic = config.checkpoint_every > 0 and run.step % config.checkpoint_every == 0
-                last_ckpt = checkpoint() if periodic else None
-            model.eval()
-            final = out_dir / "adapter"
-            _write_folder(final, lambda tmp: _save_adapter(tmp, model, {**run.adapter_cfg, "steps": run.step}))
-            return finish(final, stopped=False)
+            return train_loop(run, config, out_dir, emit=on_event, stop=stop, resumed_from=latest,
+                              examples=len(examples), load_s=time.perf_counter() - t_load,
+                              load_detail="loaded the base model", extra_stats=lambda: {"device": str(device)})
 
     @staticmethod
     def _encode(rows: list[dict], tokenizer, config: TrainConfig, dataset: Path, on_event) -> list:
@@ -527,10 +450,6 @@ class MlxTrainer:
                 raise TrainingUnavailable(f"device {name!r}: this mlx build has no GPU backend ({INSTALL_HINT})")
             return mx.gpu
         raise ValueError(f"device: unknown {name!r} (cpu | gpu | cuda | mps, or empty for mlx's default)")
-
-
-def _loss_record(rec: dict) -> dict:
-    return {k: rec[k] for k in ("step", "loss", "lr", "tokens_per_s")}
 
 
 def _versions() -> dict:

@@ -1,23 +1,28 @@
-"""Sleep with torch: a peft LoRA on the base model, trained in a plain loop that reports every step.
+"""Sleep with torch: a peft LoRA on the base model, one optimizer step at a time (the loop is training/loop.py).
 
-Not transformers' Trainer: the loop is short, and owning it lets a step be reported as it ends, a stop request
-be honoured between micro-batches, and a checkpoint hold everything the next step depends on, so that a stopped
-or crashed run resumes to the same weights as an unbroken one.
+Not transformers' Trainer: owning the step lets a stop request be honoured between micro-batches, and a
+checkpoint hold everything the next step depends on, so that a stopped or crashed run resumes to the same
+weights as an unbroken one.
 
     checkpoints/step-000020/   adapter_config.json + adapter_model.safetensors (peft, loadable as is) and
                                trainer_state.pt, one dict: step, optimizer, scheduler, RNG states (torch, cuda,
                                python, numpy), data order, config, dataset hash, the loss log so far.
-                               Written to a temporary folder, then renamed; the last two are kept.
     adapter/                   the final adapter: PeftModel.from_pretrained(base, out_dir / "adapter")
-    loss.jsonl, train_config.json, train_stats.json (tokens, padding share, seconds, peak RSS of this call)
+    loss.jsonl, train_config.json, train_stats.json (see loop.py)
+
+Precision: `precision = "auto"` computes in bfloat16 where the hardware multiplies it natively (a CPU with
+AVX-512 BF16 or AMX, a CUDA GPU with bf16; see devices.fast_bf16), else in float32. In bfloat16 the frozen
+base weights are bf16, the LoRA weights, their gradients and the optimizer state stay float32 (peft upcasts
+adapter weights), and the loss is taken in float32.
 
 The loss is the mean cross-entropy over the assistant reply tokens of a step (prompt and padding labels are
 -100), and the output layer runs on those positions only. One step is one optimizer update over `grad_accum`
-micro-batches of `batch_size` examples. Batches are grouped by length (see `BatchPlan`), so little of the
-compute goes to padding; which examples a micro-batch takes is a function of (seed, step) alone.
+batches of `batch_size` examples; on a CPU each example of a batch runs as its own micro-batch (no padding,
+and a CPU gains nothing from stacking sequences); on a GPU batches are grouped by length (see `BatchPlan`), so
+little of the compute goes to padding. Which examples a batch takes is a function of (seed, step) alone.
 
 Data parallel: under `accelerate launch` (or torchrun), i.e. WORLD_SIZE > 1, each process takes every
-WORLD_SIZE-th micro-batch, the module is wrapped for DDP by accelerate, and rank 0 writes the run folder:
+WORLD_SIZE-th batch, the module is wrapped for DDP by accelerate, and rank 0 writes the run folder:
     accelerate launch -m sleepy_tui.training.torch_trainer DATASET OUT_DIR [--steps N ...]
 A global batch is then batch_size * grad_accum * WORLD_SIZE examples.
 
@@ -27,33 +32,29 @@ torch, transformers and peft are imported inside the functions: importing this m
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import math
 import os
 import random
-import re
-import shutil
 import sys
 import threading
 import time
 from pathlib import Path
 
 from .. import events as ev
+from ..atomic import write_json
+from . import checkpoint as ckpt
 from .base import TrainConfig, TrainingUnavailable, TrainResult, encode_example, encode_rows, read_dataset
 from .base_model import load_base, pick_device, resolve_base, source_gguf
+from .loop import StepAborted, train_loop
 
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 STATE_FILE = "trainer_state.pt"          # written last: a checkpoint folder without it is incomplete
-STATS_FILE = "train_stats.json"
 IGNORE = -100                            # the label of a token the loss skips
 MAX_GRAD_NORM = 1.0                      # transformers' Trainer default
-KEEP_CHECKPOINTS = 2
 MEGABATCH = 16                           # batches per length-sorted group (see BatchPlan)
-_CKPT = re.compile(r"^step-(\d{6})$")
-# Config fields a resumed run may change without changing what it computes.
-_RESUME_FREE = ("checkpoint_every", "device")
+PRECISIONS = ("auto", "float32", "bfloat16")
 # Architectures whose causal LM is exactly `lm_head(self.model(...))`: the head then runs on reply positions only.
 _PLAIN_HEAD = ("llama", "mistral", "qwen2", "qwen3")
 
@@ -261,37 +262,10 @@ class _Parallel:
 
 # ---- checkpoints ---------------------------------------------------------------------------------------------------
 
+
 def checkpoints(out_dir: Path) -> list[tuple[int, Path]]:
     """Complete checkpoints in out_dir, oldest first."""
-    root = Path(out_dir) / "checkpoints"
-    found = []
-    if root.is_dir():
-        for p in root.iterdir():
-            m = _CKPT.match(p.name)
-            if m and (p / STATE_FILE).is_file() and (p / ADAPTER_WEIGHTS).is_file():
-                found.append((int(m.group(1)), p))
-    return sorted(found)
-
-
-def _write_folder(final: Path, fill) -> None:
-    """Atomically: fill(tmp) writes a fresh temporary folder next to `final`, which then takes its place
-    (an older folder of the same name goes only once the new one is complete)."""
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = final.parent / f".tmp-{final.name}-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    try:
-        fill(tmp)
-        old = None
-        if final.exists():
-            old = final.parent / f".tmp-old-{final.name}-{os.getpid()}"
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(final, old)
-        os.replace(tmp, final)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    return ckpt.complete(out_dir, (STATE_FILE, ADAPTER_WEIGHTS))
 
 
 def _save_adapter(peft_model, folder: Path) -> None:
@@ -325,41 +299,25 @@ def _tuples(x):
     return tuple(_tuples(v) for v in x) if isinstance(x, (list, tuple)) else x
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-def _compatible(saved: dict, config: TrainConfig) -> list[str]:
-    now = config.to_dict()
-    return [f"{k}: {saved.get(k)!r} -> {now[k]!r}" for k in now if k not in _RESUME_FREE and saved.get(k) != now[k]]
-
-
-def _write_json(path: Path, obj) -> None:
-    tmp = path.with_name(f".tmp-{path.name}-{os.getpid()}")
-    tmp.write_text(json.dumps(obj, indent=2, default=str))
-    os.replace(tmp, path)
-
-
-def _peak_rss_mib() -> float:
-    import resource
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024
-
-
 # ---- the run -------------------------------------------------------------------------------------------------------
 
-class _StepAborted(Exception):
-    """A stop request arrived between the micro-batches of a step; the step was undone."""
+def pick_precision(requested: str, device: str) -> str:
+    """"float32" or "bfloat16" for `requested` (auto | float32 | bfloat16) on `device`: auto takes bfloat16
+    where the hardware multiplies it natively (devices.fast_bf16), else float32."""
+    if requested not in PRECISIONS:
+        raise ValueError(f"precision: unknown {requested!r} ({' | '.join(PRECISIONS)})")
+    if requested != "auto":
+        return requested
+    from ..devices import fast_bf16
+    return "bfloat16" if fast_bf16(device) else "float32"
 
 
 class _Run:
-    """One training run in memory: LoRA model, optimizer, scheduler, batch plan, loss log.
+    """One training run in memory: LoRA model, optimizer, scheduler, batch plan, loss log (loop.Run).
 
-    Everything a checkpoint holds is here, so `state` and `restore` are each other's inverse."""
+    Everything a checkpoint holds is here, so `snapshot` and `restore` are each other's inverse."""
+
+    required = (STATE_FILE, ADAPTER_WEIGHTS)
 
     def __init__(self, config: TrainConfig, model, tokenizer, examples: list, par: _Parallel, data_hash: str):
         import torch
@@ -370,16 +328,19 @@ class _Run:
         torch.manual_seed(config.seed)                       # fixes the LoRA initialisation
         lora = LoraConfig(r=config.lora_rank, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
                           target_modules=list(config.target_modules), bias="none", task_type="CAUSAL_LM")
-        self.peft_model = get_peft_model(model, lora)
+        self.peft_model = get_peft_model(model, lora, autocast_adapter_dtype=True)   # adapter weights float32
         torch.manual_seed(config.seed + 7919 * par.rank)     # the dropout stream, one per process
         self.peft_model.train()
         self.params = [p for p in self.peft_model.parameters() if p.requires_grad]
+        for p in self.params:
+            p.data = p.data.float()                          # trained weights and optimizer state in float32
         self.optimizer = torch.optim.AdamW(self.params, lr=config.learning_rate, weight_decay=0.0)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_factor(config))
         self.module = par.wrap(_reply_loss_module(self.peft_model))
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         self.pad_id = int(pad) if pad is not None else 0
         self.plan = BatchPlan([len(t) for t, _ in examples], config.batch_size, config.seed)
+        self.one_by_one = par.device.startswith("cpu")       # see the module docstring
         self.log: list[dict] = []
         self.step = 0
 
@@ -388,13 +349,21 @@ class _Run:
     def microbatch_index(self, step: int, micro: int) -> int:
         return (step * self.config.grad_accum + micro) * self.par.world + self.par.rank
 
-    def state(self) -> dict:
+    def snapshot(self) -> dict:
         """The trainer_state.pt dict (every process must call it: the RNG states are gathered)."""
         rngs = self.par.gather(_rng_state(self.par.device))
         return {"format": 1, "step": self.step, "optimizer": self.optimizer.state_dict(),
                 "scheduler": self.scheduler.state_dict(), "rng": rngs, "world_size": self.par.world,
                 "data_order": self.plan.position(self.microbatch_index(self.step, 0)),
                 "config": self.config.to_dict(), "dataset_sha256": self.data_hash, "log": self.log}
+
+    def write_checkpoint(self, folder: Path, snapshot: dict) -> None:
+        import torch
+        _save_adapter(self.peft_model, folder)
+        torch.save(snapshot, folder / STATE_FILE)            # last: it marks the folder complete
+
+    def write_adapter(self, folder: Path) -> None:
+        _save_adapter(self.peft_model, folder)
 
     def restore(self, folder: Path, state: dict) -> None:
         import torch
@@ -417,14 +386,21 @@ class _Run:
 
     # -- training --
 
+    def _micro_batches(self) -> list[dict]:
+        out = []
+        for m in range(self.config.grad_accum):
+            idx = self.plan.batch(self.microbatch_index(self.step, m))
+            for part in ([[i] for i in idx] if self.one_by_one else [idx]):
+                out.append(collate(self.examples, part, self.pad_id))
+        return out
+
     def train_step(self, stop: threading.Event | None) -> dict:
-        """One optimizer update over grad_accum micro-batches; its log record. Raises _StepAborted (with the
-        step undone) when `stop` is set between micro-batches."""
+        """One optimizer update over grad_accum batches; its log record. Raises StepAborted (with the step
+        undone) when `stop` is set between micro-batches."""
         import torch
-        par, accum = self.par, self.config.grad_accum
+        par = self.par
         t0 = time.perf_counter()
-        batches = [collate(self.examples, self.plan.batch(self.microbatch_index(self.step, m)), self.pad_id)
-                   for m in range(accum)]
+        batches = self._micro_batches()
         replies = sum(int((b["labels"][:, 1:] != IGNORE).sum()) for b in batches)
         useful = sum(int(b["attention_mask"].sum()) for b in batches)
         processed = sum(b["input_ids"].numel() for b in batches)
@@ -434,11 +410,11 @@ class _Run:
             if m and par.any(stop is not None and stop.is_set()):
                 self.optimizer.zero_grad(set_to_none=True)
                 _set_rng_state(rng_before, par.device)
-                raise _StepAborted
+                raise StepAborted
             if not (batch["attention_mask"] == 0).any():
                 batch["attention_mask"] = None          # no padding: attention may take its causal fast path
             batch = {k: (v.to(par.device) if v is not None else None) for k, v in batch.items()}
-            with par.no_sync(self.module, skip=m < accum - 1):
+            with par.no_sync(self.module, skip=m < len(batches) - 1):
                 loss = self.module(**batch)
                 (loss / max(1, replies)).backward()
             loss_sum += float(loss.detach())
@@ -457,28 +433,23 @@ class _Run:
         return rec
 
 
-def _loss_record(rec: dict) -> dict:
-    return {k: rec[k] for k in ("step", "loss", "lr", "tokens_per_s")}
-
-
 # ---- the trainer -----------------------------------------------------------------------------------------------------
 
 def default_threads() -> int:
-    """CPU threads for training: $OMP_NUM_THREADS if set (torchrun sets it), else every CPU this process may
-    use but one (at least one).
+    """CPU threads for training: $OMP_NUM_THREADS if set (torchrun sets it), else every CPU this process may use.
 
     torch's threads wait for each other at every operation, so one that loses its CPU to other work stalls
-    them all. On a 2-CPU machine with another busy process, a 2-thread step ran 4-7x slower than a 1-thread
-    step (12-22 vs 85-92 tokens/s, SmolLM2-135M, batch 2 x 256); an idle machine gains at most 2x from the
-    second thread. Pass `threads` to TorchTrainer to choose."""
+    them all: on a 2-CPU machine with another busy process of the same priority, a 2-thread step ran 4-7x
+    slower than a 1-thread step. The app runs the trainer at a lower priority than its UI (priority.py), and a
+    cycle trains after its day, not beside it, so every CPU is the right default; pass `threads` to
+    TorchTrainer (or set OMP_NUM_THREADS) to leave some free."""
     env = os.environ.get("OMP_NUM_THREADS", "")
     if env.isdigit() and int(env) > 0:
         return int(env)
     try:
-        cpus = len(os.sched_getaffinity(0))      # the CPUs this process may use (containers, taskset)
-    except AttributeError:                       # macOS, Windows
-        cpus = os.cpu_count() or 1
-    return max(1, cpus - 1)
+        return max(1, len(os.sched_getaffinity(0)))      # the CPUs this process may use (containers, taskset)
+    except AttributeError:                               # macOS, Windows
+        return max(1, os.cpu_count() or 1)
 
 
 def _return_freed_memory() -> None:
@@ -531,128 +502,78 @@ class TorchTrainer:
             raise ValueError("steps, batch_size, grad_accum, lora_rank and max_seq_len must be > 0")
         lr_factor(config)                                   # validates lr_schedule before the model loads
         par = _Parallel(config.device)
+        precision = pick_precision(config.precision, par.device)
         if par.device.startswith("cpu"):
             torch.set_num_threads(self.threads or default_threads())
             _return_freed_memory()
         emit = on_event if par.main else ev.ignore
         rows = read_dataset(dataset)
-        data_hash = _sha256(dataset)
+        data_hash = ckpt.sha256(dataset)
         found = checkpoints(out_dir) if resume else []
         latest = found[-1][1] if found else None
         saved = torch.load(latest / STATE_FILE, map_location="cpu", weights_only=True) if latest else None
         if saved is not None:
-            diffs = _compatible(saved["config"], config)
-            if saved.get("dataset_sha256") != data_hash:
-                diffs.append("the dataset changed")
+            diffs = ckpt.resume_problems(saved, config.to_dict(), data_hash)
             if saved.get("world_size", 1) != par.world:
                 diffs.append(f"processes: {saved.get('world_size', 1)} -> {par.world}")
             if diffs:
-                raise ValueError(f"can't resume from {latest}: it was trained with a different setup "
-                                 f"({'; '.join(diffs)}); train with resume=False or into a new folder")
+                raise ckpt.refuse_resume(latest, diffs)
         if par.main:
-            out_dir.mkdir(parents=True, exist_ok=True)
-            if not resume:
-                shutil.rmtree(out_dir / "checkpoints", ignore_errors=True)
-                shutil.rmtree(out_dir / "adapter", ignore_errors=True)
-            for folder in (out_dir, out_dir / "checkpoints"):      # half-written folders a crash left behind
-                for junk in (folder.glob(".tmp-*") if folder.is_dir() else ()):
-                    shutil.rmtree(junk, ignore_errors=True) if junk.is_dir() else junk.unlink(missing_ok=True)
+            ckpt.prepare(out_dir, resume)
         par.barrier()
 
+        t_load = time.perf_counter()
+        converted = False
         if par.main:                                        # converts a GGUF base once, before the others look
+            converted = _needs_conversion(config.base_model, self.cache_dir)
             resolve_base(config.base_model, self.cache_dir)
         par.barrier()
         base_dir = resolve_base(config.base_model, self.cache_dir)
-        model, tokenizer = load_base(base_dir, device=par.device)
+        dtype = torch.bfloat16 if precision == "bfloat16" else torch.float32
+        model, tokenizer = load_base(base_dir, device=par.device, dtype=dtype)
         examples = self._encode(rows, tokenizer, config, dataset, emit)
         run = _Run(config, model, tokenizer, examples, par, data_hash)
         if saved is not None:
             run.restore(latest, saved)
+        load_s = time.perf_counter() - t_load
         gguf = source_gguf(config.base_model)
-        padding = run.plan.padding_share()
+        padding = 0.0 if run.one_by_one else run.plan.padding_share()
         if par.main:
-            _write_json(out_dir / "train_config.json", {
-                "trainer": self.name, **config.to_dict(), "base_model_dir": base_dir,
+            write_json(out_dir / "train_config.json", {
+                "trainer": self.name, **config.to_dict(), "compute_dtype": precision, "base_model_dir": base_dir,
                 "base_gguf": str(gguf) if gguf else None, "dataset": str(dataset), "dataset_sha256": data_hash,
                 "examples": len(examples), "skipped_examples": len(rows) - len(examples),
                 "optimizer": "AdamW (weight_decay 0)", "max_grad_norm": MAX_GRAD_NORM,
                 "lora_scale": config.lora_alpha / config.lora_rank, "device": par.device, "world_size": par.world,
-                "batches": "length-grouped", "planned_padding_share": round(padding, 4), "versions": _versions()})
-            with open(out_dir / "loss.jsonl", "w", encoding="utf-8") as f:   # what the checkpoint knows, no more
-                f.writelines(json.dumps(_loss_record(r)) + "\n" for r in run.log)
-
-        stats = {"steps": 0, "useful_tokens": 0, "processed_tokens": 0, "reply_tokens": 0, "train_s": 0.0}
-
-        def checkpoint() -> Path:
-            final = out_dir / "checkpoints" / f"step-{run.step:06d}"
-            state = run.state()
-            if par.main:
-                def fill(tmp: Path) -> None:
-                    _save_adapter(run.peft_model, tmp)
-                    torch.save(state, tmp / STATE_FILE)
-                _write_folder(final, fill)
-                for _, old in checkpoints(out_dir)[:-KEEP_CHECKPOINTS]:
-                    shutil.rmtree(old, ignore_errors=True)
-                emit(ev.CheckpointSaved(step=run.step, path=str(final)))
-            par.barrier()
-            return final
-
-        def finish(adapter_dir: Path, stopped: bool) -> TrainResult:
-            if par.main:
-                processed = stats["processed_tokens"]
-                _write_json(out_dir / STATS_FILE, {
-                    **stats, "padding_share": 1 - stats["useful_tokens"] / processed if processed else None,
-                    "planned_padding_share": padding,
-                    "tokens_per_s": stats["useful_tokens"] / stats["train_s"] if stats["train_s"] else None,
-                    "peak_rss_mib": _peak_rss_mib(), "device": par.device, "world_size": par.world,
-                    "threads": torch.get_num_threads(), "stopped": stopped})
-            losses = [r["loss"] for r in run.log]
-            emit(ev.TrainDone(adapter_dir=str(adapter_dir), steps=run.step, stopped=stopped,
-                              initial_loss=losses[0] if losses else None, final_loss=losses[-1] if losses else None))
-            return TrainResult(adapter_dir=adapter_dir, steps=run.step, losses=losses, stopped=stopped)
-
-        emit(ev.TrainStarted(run_dir=str(out_dir), total_steps=config.steps, examples=len(examples),
-                             resumed_from=run.step))
+                "batches": "one example per micro-batch" if run.one_by_one else "length-grouped",
+                "planned_padding_share": round(padding, 4), "versions": _versions()})
         n = torch.get_num_threads()
         where = f"{par.device}, {n} thread{'s' if n > 1 else ''}" if par.device.startswith("cpu") else par.device
-        emit(ev.Notice("info", f"torch trainer on {where}" + (f" x{par.world} processes" if par.world > 1 else "")
-                       + f": {len(examples)} examples, length-grouped batches of {run.plan.batch_size} "
-                       f"({padding:.1%} padding)"))
-        last_ckpt = latest              # a checkpoint of the current step, if there is one
-        seconds: list[float] = []
-        while run.step < config.steps:
-            if par.any(stop is not None and stop.is_set()):
-                return finish(last_ckpt or checkpoint(), stopped=True)
-            try:
-                rec = run.train_step(stop)
-            except _StepAborted:
-                return finish(last_ckpt or checkpoint(), stopped=True)
-            last_ckpt = None
-            seconds.append(rec["seconds"])
-            for k in ("useful_tokens", "processed_tokens", "reply_tokens"):
-                stats[k] += rec[k]
-            stats["train_s"] += rec["seconds"]
-            stats["steps"] += 1
-            if par.main:
-                with open(out_dir / "loss.jsonl", "a", encoding="utf-8") as f:
-                    f.write(json.dumps(_loss_record(rec)) + "\n")
-            recent = seconds[-10:]
-            emit(ev.TrainStep(step=run.step, total_steps=config.steps, loss=rec["loss"], learning_rate=rec["lr"],
-                              tokens_per_s=rec["tokens_per_s"],
-                              eta_s=sum(recent) / len(recent) * (config.steps - run.step)))
-            periodic = config.checkpoint_every > 0 and run.step % config.checkpoint_every == 0
-            if periodic or run.step == config.steps:    # the last step too: a later resume finds the run finished
-                last_ckpt = checkpoint()
-        final = out_dir / "adapter"
-        if par.main:
-            _write_folder(final, lambda tmp: _save_adapter(run.peft_model, tmp))
-        par.barrier()
-        return finish(final, stopped=False)
+        shape = (f"batches of {run.plan.batch_size}, one example at a time" if run.one_by_one
+                 else f"length-grouped batches of {run.plan.batch_size} ({padding:.1%} padding)")
+        describe = (f"torch trainer on {where}, {precision}" + (f" x{par.world} processes" if par.world > 1 else "")
+                    + f": {len(examples)} examples, {shape}")
+        detail = "de-quantized the GGUF into the cache (once), then loaded" if converted else "loaded the base model"
+        return train_loop(run, config, out_dir, emit=emit, stop=stop, resumed_from=latest, examples=len(examples),
+                          load_s=load_s, load_detail=detail, describe=describe, ranks=par,
+                          extra_stats=lambda: {"planned_padding_share": padding, "device": par.device,
+                                               "world_size": par.world, "threads": torch.get_num_threads(),
+                                               "compute_dtype": precision})
 
     @staticmethod
     def _encode(rows: list[dict], tokenizer, config: TrainConfig, dataset: Path, emit) -> list:
         return encode_rows(rows, lambda messages: encode_example(tokenizer, messages), config.max_seq_len,
                            dataset, emit)
+
+
+def _needs_conversion(base_model: str, cache_dir: Path | None) -> bool:
+    """Whether loading `base_model` will first de-quantize a GGUF into the cache (the slow first load)."""
+    from .base_model import base_source, cached_conversion
+    try:
+        kind, path = base_source(base_model)
+    except TrainingUnavailable:
+        return False
+    return kind == "gguf" and cached_conversion(path, cache_dir) is None
 
 
 def _versions() -> dict:
