@@ -13,7 +13,7 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import locations
+from . import atomic, locations
 from .safe_text import KOAN_MAX_BYTES, read_regular_file
 
 FAMILIES = ("borrow_checker", "trait_bounds", "result_handling", "lifetimes", "type_mismatch")  # the project's
@@ -182,7 +182,7 @@ def write_manifest(path: Path, koans: list[Koan]) -> None:
              "# Regenerate only on purpose, with `sleepy koans freeze`.", ""]
     for k in sorted(koans, key=lambda k: k.id):
         lines += ["[[koans]]", f'id = "{k.id}"', f'family = "{k.family}"', f'hash = "{k.content_hash}"', ""]
-    path.write_text("\n".join(lines))
+    atomic.write_text(path, "\n".join(lines))
 
 
 def load_corpus(root: Path | None = None, *, all_frozen: bool = False, strict: bool = False) -> Corpus:

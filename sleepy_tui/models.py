@@ -40,7 +40,7 @@ from pathlib import Path
 from typing import Callable
 
 from . import locations
-from .store import atomic_write_text
+from .atomic import write_text as atomic_write_text
 
 TABLE_FILE = locations.PACKAGE_DIR / "models.toml"
 DEFAULT_ENV = "SLEEPY_EMBEDDED_MODEL"   # the embedded model when none is named (the test suite: smollm2-135m)

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
 
+from . import atomic
 from .diagnostics import errors
 from .koans import Koan, parse_koan
 from .sandbox import Sandbox
@@ -448,7 +449,7 @@ def generate(sources: list[Koan], sandbox: Sandbox, out_dir: Path, *, limit: int
             except ValueError as e:
                 on_line(f"skip a {mut.name} mutant of {src.id}: {e}")
                 continue
-            path.write_text(text, encoding="utf-8")
+            atomic.write_text(path, text)
             existing.add(kid)
             done.add((src.id, mut.name))
             per_src[src.id] += 1

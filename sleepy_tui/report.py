@@ -11,7 +11,8 @@ from pathlib import Path
 
 from .metrics import CycleRow, koan_outcomes, store_cycle_table
 from .stats import paired_change
-from .store import Store, atomic_write_text
+from .atomic import write_text
+from .store import Store
 
 PLOTS = ("pass_rate_by_cycle.png", "steps_to_green_by_cycle.png", "repeat_error_rate_by_cycle.png",
          "error_distribution.png", "before_after_comparison.png", "loss_curve.png")
@@ -39,7 +40,7 @@ def build_report(store: Store, out_dir: Path) -> Path:
     if not rows:
         md += ["No frozen-set eval yet: run `sleepy eval --cycle 0` for a baseline.", ""] + _flagged(store)
         path = out_dir / "results.md"
-        atomic_write_text(path, "\n".join(md))
+        write_text(path, "\n".join(md))
         return path
 
     base = rows[0]
@@ -132,7 +133,7 @@ def build_report(store: Store, out_dir: Path) -> Path:
     written = write_plots(rows, trained, out_dir)
     md += ["## Plots", ""] + [f"![{p}]({p})" for p in written] + [""]
     path = out_dir / "results.md"
-    atomic_write_text(path, "\n".join(md))
+    write_text(path, "\n".join(md))
     return path
 
 

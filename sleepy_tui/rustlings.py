@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from . import atomic
 from .diagnostics import errors
 from .koans import TEST_FAILURE, KoanError, parse_koan
 from .rust_lexer import tokenize
@@ -191,7 +192,7 @@ def import_rustlings(root: Path, out: Path, sandbox: Sandbox, *,
                          solution, tests, ex.hint)
         parse_koan(text, path, None)        # what is written loads back
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(text)
+        atomic.write_text(path, text)
         report.written.append(path)
         report.kinds[expected] = report.kinds.get(expected, 0) + 1
     for name, why in report.skipped:
@@ -203,7 +204,7 @@ def import_rustlings(root: Path, out: Path, sandbox: Sandbox, *,
 
 def _write_notice(root: Path, out: Path, report: ImportReport) -> None:
     kinds = ", ".join(f"{n} {k}" for k, n in sorted(report.kinds.items()))
-    (out / "README.md").write_text(
+    atomic.write_text(out / "README.md",
         "# Koans converted from rustlings\n\n"
         f"Source: rustlings ({SOURCE_URL}): the exercises, solutions and hints\n"
         "of a local checkout, converted by `sleepy koans import rustlings`.\n\n"
@@ -215,5 +216,5 @@ def _write_notice(root: Path, out: Path, report: ImportReport) -> None:
         if (root / name).is_file():
             license_text = _read(root / name)
             break
-    (out / "LICENSE").write_text(license_text or "MIT License: rustlings (https://github.com/rust-lang/rustlings); "
+    atomic.write_text(out / "LICENSE", license_text or "MIT License: rustlings (https://github.com/rust-lang/rustlings); "
                                                  "the checkout had no LICENSE file to copy.\n")

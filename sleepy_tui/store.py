@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -26,6 +25,7 @@ from tinydb import Query, TinyDB
 from tinydb.middlewares import CachingMiddleware
 from tinydb.storages import Storage
 
+from .atomic import write_text as atomic_write_text
 from .episodes import Episode
 from .safe_text import read_regular_file
 
@@ -33,23 +33,6 @@ SCHEMA_VERSION = 1
 STATE_FILE_MAX_BYTES = 256 << 20     # far above any real state file (episode output is capped per attempt)
 _DOC_LINE = re.compile(r'^\s*"([^"]+)":\s*(\{.*\}),?\s*$')
 _TABLE_LINE = re.compile(r'^\s*"([^"]+)":\s*\{\s*$')
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
 
 
 def dump_tables(data: dict) -> str:

@@ -31,7 +31,8 @@ from sleepy_tui.engine import Engine
 from sleepy_tui.koans import load_corpus, write_manifest
 from sleepy_tui.metrics import store_cycle_table
 from sleepy_tui.sandbox import CheckResult
-from sleepy_tui.store import Store, atomic_write_text
+from sleepy_tui.atomic import write_text as atomic_write_text
+from sleepy_tui.store import Store
 from sleepy_tui.training import adapters
 from sleepy_tui.training.base import TrainResult
 from tests.conftest import write_koan

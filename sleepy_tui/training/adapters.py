@@ -6,11 +6,11 @@ promote or roll back by hand. `meta.json` in each folder mirrors the store's rec
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
-from ..store import Store, atomic_write_text
+from ..atomic import write_json
+from ..store import Store
 
 
 class AdapterError(ValueError):
@@ -26,7 +26,7 @@ def adapter_dir(store: Store, adapter_id: str) -> Path:
 
 
 def record(store: Store, meta: dict) -> None:
-    atomic_write_text(adapter_dir(store, meta["adapter_id"]) / "meta.json", json.dumps(meta, indent=2, default=str))
+    write_json(adapter_dir(store, meta["adapter_id"]) / "meta.json", meta)
     store.save_adapter(meta)
 
 

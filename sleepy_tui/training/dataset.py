@@ -19,7 +19,8 @@ from pathlib import Path
 
 from ..koans import Corpus, Koan
 from ..prompts import build_messages
-from ..store import Store, atomic_write_text
+from ..atomic import write_text
+from ..store import Store
 
 PROVENANCES = ("own_pass", "reference", "correction", "replay")
 
@@ -147,7 +148,7 @@ def build_dataset(store: Store, corpus: Corpus, *, replay_share: float = 0.3, ru
     text = "".join(json.dumps(ex, ensure_ascii=False) + "\n" for ex in examples)
     digest = hashlib.sha256(text.encode()).hexdigest()[:16]
     path = store.dir / "datasets" / f"{digest}.jsonl"
-    atomic_write_text(path, text)
+    write_text(path, text)
     counts = {p: sum(ex["provenance"] == p for ex in examples) for p in PROVENANCES}
     info = DatasetInfo(path, digest, len(examples), counts, leaks, dups)
     store.set_value("latest_dataset", info.to_dict())
