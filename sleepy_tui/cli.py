@@ -183,12 +183,15 @@ class _TrainPrinter:
         if isinstance(e, ev.TrainStarted):
             note = f", resumed from step {e.resumed_from}" if e.resumed_from else ""
             print(f"training {e.examples} examples for {e.total_steps} steps{note} -> {e.run_dir}", flush=True)
+            if e.load_s:
+                print(f"  {e.load_detail or 'loaded the base model'} in {e.load_s:.0f}s; the first step warms up "
+                      "(slower than the rest, left out of the ETA)", flush=True)
         elif isinstance(e, ev.TrainStep):
             now = time.time()
             if now - self.last > 2 or e.step == e.total_steps or e.step == 1:
                 self.last = now
                 print(f"  step {e.step}/{e.total_steps} loss {e.loss:.4f} lr {e.learning_rate:.2e} "
-                      f"{e.tokens_per_s:.0f} tok/s eta {e.eta_s:.0f}s", flush=True)
+                      f"{e.tokens_per_s:.0f} tok/s {e.seconds:.1f}s/step eta {e.eta_s:.0f}s", flush=True)
         elif isinstance(e, ev.CheckpointSaved):
             print(f"  checkpoint at step {e.step}", flush=True)
         elif isinstance(e, ev.TrainDone):

@@ -360,7 +360,8 @@ def test_full_disk_while_writing_a_checkpoint_keeps_the_previous_one(tiny, tmp_p
     # ... and usable: the resumed run ends like an unbroken one
     events = []
     last = TorchTrainer().train(data, _config(model), out, on_event=events.append, resume=True)
-    assert events[0].resumed_from == 2 and last.steps == 6
+    started = next(x for x in events if isinstance(x, ev.TrainStarted))
+    assert started.resumed_from == 2 and last.steps == 6
     assert last.losses == pytest.approx(whole.losses, rel=1e-5)
     a, b = load_file(str(out / "adapter" / "adapter_model.safetensors")), \
         load_file(str(tmp_path / "whole" / "adapter" / "adapter_model.safetensors"))

@@ -29,7 +29,7 @@ from typing import Callable, Protocol
 from .. import events as ev
 from ..atomic import write_folder, write_json
 from . import checkpoint
-from .base import TrainConfig, TrainResult
+from .base import TrainConfig, TrainingUnavailable, TrainResult
 
 STATS_FILE = "train_stats.json"
 LOSS_FILE = "loss.jsonl"
@@ -63,6 +63,19 @@ class Single:
 
     def any(self, flag: bool) -> bool:
         return flag
+
+
+def reported(on_event: ev.EventSink, problem: Callable[[], str | None], body: Callable[[], TrainResult]) -> TrainResult:
+    """`body()` if `problem()` finds nothing wrong; any failure goes out as one TrainError event (the message
+    alone for TrainingUnavailable, else with its type) and is raised again."""
+    try:
+        why = problem()
+        if why:
+            raise TrainingUnavailable(why)
+        return body()
+    except Exception as e:  # noqa: BLE001 - reported, then raised again
+        on_event(ev.TrainError(str(e) if isinstance(e, TrainingUnavailable) else f"{type(e).__name__}: {e}"))
+        raise
 
 
 def eta_seconds(seconds: list[float], remaining: int) -> float:

@@ -33,7 +33,7 @@ from ..atomic import write_json
 from ..backends.mlx_backend import mlx_config_fixes
 from . import checkpoint as ckpt
 from .base import TrainConfig, TrainingUnavailable, TrainResult, encode_example, encode_rows, read_dataset
-from .loop import train_loop
+from .loop import reported, train_loop
 
 ADAPTER_WEIGHTS = "adapters.safetensors"
 ADAPTER_CONFIG = "adapter_config.json"
@@ -388,14 +388,8 @@ class MlxTrainer:
 
     def train(self, dataset: Path, config: TrainConfig, out_dir: Path, *, on_event: ev.EventSink,
               stop: threading.Event | None = None, resume: bool = True) -> TrainResult:
-        try:
-            problem = mlx_problem()
-            if problem:
-                raise TrainingUnavailable(problem)
-            return self._train(Path(dataset), config, Path(out_dir), on_event, stop, resume)
-        except Exception as e:  # noqa: BLE001 - reported, then raised again
-            on_event(ev.TrainError(str(e) if isinstance(e, TrainingUnavailable) else f"{type(e).__name__}: {e}"))
-            raise
+        return reported(on_event, mlx_problem,
+                        lambda: self._train(Path(dataset), config, Path(out_dir), on_event, stop, resume))
 
     def _train(self, dataset: Path, config: TrainConfig, out_dir: Path, on_event: ev.EventSink,
                stop: threading.Event | None, resume: bool) -> TrainResult:

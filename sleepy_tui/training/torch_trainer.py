@@ -46,7 +46,7 @@ from ..atomic import write_json
 from . import checkpoint as ckpt
 from .base import TrainConfig, TrainingUnavailable, TrainResult, encode_example, encode_rows, read_dataset
 from .base_model import load_base, pick_device, resolve_base, source_gguf
-from .loop import StepAborted, train_loop
+from .loop import StepAborted, reported, train_loop
 
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
@@ -480,19 +480,15 @@ class TorchTrainer:
 
     def train(self, dataset: Path, config: TrainConfig, out_dir: Path, *, on_event: ev.EventSink,
               stop: threading.Event | None = None, resume: bool = True) -> TrainResult:
-        try:
-            problem = torch_problem()
-            if problem:
-                raise TrainingUnavailable(problem)
+        def body() -> TrainResult:
             import torch
             threads = torch.get_num_threads()      # process-wide: put back afterwards
             try:
                 return self._train(Path(dataset), config, Path(out_dir), on_event, stop, resume)
             finally:
                 torch.set_num_threads(threads)
-        except Exception as e:  # noqa: BLE001 - reported, then raised again
-            on_event(ev.TrainError(str(e) if isinstance(e, TrainingUnavailable) else f"{type(e).__name__}: {e}"))
-            raise
+
+        return reported(on_event, torch_problem, body)
 
     def _train(self, dataset: Path, config: TrainConfig, out_dir: Path, on_event: ev.EventSink,
                stop: threading.Event | None, resume: bool) -> TrainResult:
@@ -526,6 +522,8 @@ class TorchTrainer:
         converted = False
         if par.main:                                        # converts a GGUF base once, before the others look
             converted = _needs_conversion(config.base_model, self.cache_dir)
+            emit(ev.Notice("info", "de-quantizing the base GGUF into a float32 cache (once per model; a minute or "
+                                   "more for a 1.5B model), then loading it" if converted else "loading the base model"))
             resolve_base(config.base_model, self.cache_dir)
         par.barrier()
         base_dir = resolve_base(config.base_model, self.cache_dir)
@@ -599,7 +597,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("out_dir", type=Path)
     ap.add_argument("--no-resume", action="store_true", help="start over instead of resuming the latest checkpoint")
     ap.add_argument("--cache-dir", type=Path, default=None, help="where a GGUF base's float32 copy is kept")
-    ap.add_argument("--threads", type=int, default=0, help="CPU threads (default: every CPU but one)")
+    ap.add_argument("--threads", type=int, default=0, help="CPU threads (default: every CPU)")
     defaults = TrainConfig()
     for f in dataclasses.fields(TrainConfig):
         value = getattr(defaults, f.name)

@@ -125,13 +125,15 @@ class TrainPanel(Horizontal):
         plot.set_data([x for x, _ in keep], [y for _, y in keep])
         note = f", resumed from step {e.resumed_from}" if e.resumed_from else ""
         self.log(f"training on {e.examples} examples for {e.total_steps} steps{note} → {Path(e.run_dir).name}")
-        self.query_one("#train-stats", Static).update(f"step {e.resumed_from}/{e.total_steps} · starting…")
+        loaded = f"{e.load_detail or 'loaded the base model'} in {fmt_eta(e.load_s)} · " if e.load_s else ""
+        self.query_one("#train-stats", Static).update(
+            f"step {e.resumed_from}/{e.total_steps} · {loaded}first step (warm-up, left out of the ETA)…")
 
     def train_step(self, e: ev.TrainStep) -> None:
         self.query_one("#train-progress", ProgressBar).update(total=e.total_steps, progress=e.step)
         self.query_one("#train-stats", Static).update(
             f"step {e.step}/{e.total_steps} · loss {e.loss:.4f} · lr {e.learning_rate:.1e} · "
-            f"{e.tokens_per_s:.0f} tok/s · ETA {fmt_eta(e.eta_s)}")
+            f"{e.tokens_per_s:.0f} tok/s · {e.seconds:.0f} s/step · ETA {fmt_eta(e.eta_s)}")
         self.query_one("#train-loss", MetricPlot).append(e.step, e.loss)
         if e.step == 1 or e.step == e.total_steps or e.step % 10 == 0:
             self.log(f"step {e.step}/{e.total_steps} loss {e.loss:.4f}")
