@@ -30,19 +30,18 @@ def evaluate(state: Path, strategy: str, args, koan_count: int) -> tuple[list[di
                         max_tokens=args.max_tokens, retry_strategy=strategy)
     engine = Engine(settings)
     try:
-        done = [r for r in engine.store.runs() if r.get("kind") == "eval" and r.get("status") == "done"
-                and len(r.get("koan_ids", [])) == koan_count]
+        done = [r for r in engine.runs(kind="eval") if r.status == "done" and len(r.koan_ids) == koan_count]
         if done:
             run = done[-1]
-            print(f"{strategy}: reusing {run['run_id']} from {state}", file=sys.stderr)
+            print(f"{strategy}: reusing {run.run_id} from {state}", file=sys.stderr)
         else:
             koans = interleaved(engine.corpus().eval_set)[:koan_count]
             t0 = time.time()
             result = engine.run_agent(koans, kind="eval", cycle=0, adapter_id="")
             print(f"{strategy}: {result.passed}/{len(koans)} in {time.time() - t0:.0f} s", file=sys.stderr)
-            run = engine.store.run(result.run_id)
-        eps = engine.store.episodes(run["run_id"])
-        return eps, (run["finished"] - run["started"]) / max(1, len(run["koan_ids"]))
+            run = engine.run(result.run_id)
+        eps = engine.episodes(run.run_id)
+        return eps, ((run.finished or run.started) - run.started) / max(1, len(run.koan_ids))
     finally:
         engine.close()
 

@@ -15,7 +15,7 @@ import queue
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from . import events as ev
 from .backends.base import Backend, BackendUnavailable
@@ -23,6 +23,7 @@ from .config import Settings
 from .episodes import Episode, new_run_id
 from .koans import Koan
 from .prompts import build_messages, extract_code
+from .records import RunRecord
 from .retry import STRATEGIES, candidate_key
 from .sandbox import CheckResult, Sandbox
 from .store import Store
@@ -169,15 +170,16 @@ class Agent:
         if workers < self.settings.parallel:
             self.on_event(ev.Notice("info", f"{self.backend.name} serves one request at a time here: "
                                             f"running {workers} koan(s) at once, not {self.settings.parallel}"))
-        run = {"run_id": run_id, "kind": kind, "split": split, "cycle": cycle, "backend": self.backend.name,
-               "model": self.backend.model, "adapter": self.backend.adapter or "", "started": time.time(),
-               "finished": None, "status": "running", "koan_ids": [k.id for k in koans],
-               "max_attempts": 1 if sample is not None else self.settings.max_attempts,
-               "retry_strategy": self.strategy.to_dict(), "seed": self.settings.seed,
-               "temperature": self.settings.temperature, "max_tokens": self.settings.max_tokens,
-               "sample": sample, "repeat": repeat, "parallel": workers, **(run_meta or {})}
+        run = RunRecord(
+            run_id=run_id, kind=kind, split=split, cycle=cycle, backend=self.backend.name,
+            model=self.backend.model or "", adapter=self.backend.adapter or "", started=time.time(),
+            finished=None, status="running", koan_ids=[k.id for k in koans],
+            max_attempts=1 if sample is not None else self.settings.max_attempts,
+            retry_strategy=self.strategy.to_dict(), seed=self.settings.seed,
+            temperature=self.settings.temperature, max_tokens=self.settings.max_tokens,
+            sample=sample, repeat=repeat, parallel=workers, **(run_meta or {}))
         self.store.save_run(run)
-        self.on_event(ev.RunStarted(run_id, split, tuple(run["koan_ids"]), self.backend.describe(), kind))
+        self.on_event(ev.RunStarted(run_id, split, tuple(run.koan_ids), self.backend.describe(), kind))
         writer = _Writer(self.store, self.on_event)
         writer.start()
         results: dict[int, KoanResult] = {}
@@ -228,10 +230,9 @@ class Agent:
                 writer.close()
             finally:
                 cancelled = self.cancel.is_set()
-                run.update(finished=time.time(),
-                           status="failed" if error else "cancelled" if cancelled else "done",
-                           error=error, passed=sum(r.passed for r in done), total=len(done))
-                self.store.save_run(run)
+                self.store.save_run(replace(run, finished=time.time(),
+                                            status="failed" if error else "cancelled" if cancelled else "done",
+                                            error=error, passed=sum(r.passed for r in done), total=len(done)))
         result = RunResult(run_id, done, cancelled=self.cancel.is_set(), error=error)
         self.on_event(ev.RunFinished(run_id, result.passed, len(done), result.cancelled))
         return result

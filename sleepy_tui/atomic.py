@@ -7,32 +7,39 @@ writer of that folder removes (`remove_leftovers`).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 TMP_PREFIX = ".tmp-"
 
 
-def write_bytes(path: str | os.PathLike, data: bytes) -> None:
+@contextlib.contextmanager
+def writing(path: str | os.PathLike) -> Iterator[Path]:
+    """A temporary sibling of `path` for a writer that wants a file name (a library writing the file itself);
+    once the block ends without an error it is fsynced and renamed over `path`, else removed."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f"{TMP_PREFIX}{path.name}.", dir=path.parent)
+    fd, name = tempfile.mkstemp(prefix=f"{TMP_PREFIX}{path.name}.", dir=path.parent)
+    os.close(fd)
+    tmp = Path(name)
+    os.chmod(tmp, 0o644)            # what a plain open() gives under the usual umask (mkstemp makes it 0600)
     try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
+        yield tmp
+        with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    with writing(path) as tmp:
+        tmp.write_bytes(data)
 
 
 def write_text(path: str | os.PathLike, text: str) -> None:
@@ -43,9 +50,11 @@ def write_json(path: str | os.PathLike, obj, *, indent: int | None = 2) -> None:
     write_text(path, json.dumps(obj, indent=indent, default=str))
 
 
-def write_folder(final: str | os.PathLike, fill: Callable[[Path], None]) -> Path:
+def write_folder(final: str | os.PathLike, fill: Callable[[Path], None], *,
+                 keep: Callable[[Path], bool] | None = None) -> Path:
     """`fill(tmp)` writes a fresh temporary folder next to `final`, which then takes its place; an older folder
-    of the same name is removed only once the new one is in. Returns `final`."""
+    of the same name is removed only once the new one is in. `keep(final)` true once `fill` is done (another
+    process finished the same folder meanwhile): theirs stays, the new one is dropped. Returns `final`."""
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = final.parent / f"{TMP_PREFIX}{final.name}-{os.getpid()}"
@@ -53,6 +62,8 @@ def write_folder(final: str | os.PathLike, fill: Callable[[Path], None]) -> Path
     tmp.mkdir()
     try:
         fill(tmp)
+        if keep is not None and keep(final):
+            return final
         old = None
         if final.exists():
             old = final.parent / f"{TMP_PREFIX}old-{final.name}-{os.getpid()}"

@@ -6,12 +6,16 @@ import argparse
 import sys
 import threading
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from . import events as ev
 from .config import ConfigError, Settings, load_settings
 from .koans import KoanError, families_for, load_corpus, load_koan, write_manifest
 from .locations import frozen_manifest
 from .safe_text import KOAN_MAX_BYTES, SafeStream, read_regular_file
+
+if TYPE_CHECKING:
+    from .engine import AdapterRecord
 
 
 class CliError(Exception):
@@ -241,8 +245,8 @@ def cmd_train(args) -> int:
         hint = ("; fix that, then `sleepy train --resume` continues from the last checkpoint"
                 if engine.training_interrupted() else "")
         raise CliError(f"training failed: {e}{hint}") from None
-    print(f"adapter {meta['adapter_id']} saved (not promoted: `sleepy cycle` gates it, "
-          f"or `sleepy adapters promote {meta['adapter_id']}`)")
+    print(f"adapter {meta.adapter_id} saved (not promoted: `sleepy cycle` gates it, "
+          f"or `sleepy adapters promote {meta.adapter_id}`)")
     return 0
 
 
@@ -270,10 +274,10 @@ def cmd_cycle(args) -> int:
             first = str(e).splitlines()[0] if str(e) else "no message"
             raise CliError(f"the cycle failed ({type(e).__name__}: {first}); what finished is stored "
                            "(`sleepy status`), a stopped training resumes with `sleepy train --resume`") from None
-        verdict = "PROMOTED" if rec["promoted"] else "REJECTED"
-        print(f"cycle {rec['cycle']}: {verdict} ({rec['reason']}); frozen pass rate "
-              f"{rec['pass_rate_before']:.1%} -> {rec['pass_rate_after']:.1%}; "
-              f"regressions: {', '.join(rec['regressions']) or 'none'}; gains: {', '.join(rec['gains']) or 'none'}")
+        verdict = "PROMOTED" if rec.promoted else "REJECTED"
+        print(f"cycle {rec.cycle}: {verdict} ({rec.reason}); frozen pass rate "
+              f"{rec.pass_rate_before or 0:.1%} -> {rec.pass_rate_after or 0:.1%}; "
+              f"regressions: {', '.join(rec.regressions) or 'none'}; gains: {', '.join(rec.gains) or 'none'}")
     return 0
 
 
@@ -293,12 +297,13 @@ def cmd_adapters(args) -> int:
             if not rows:
                 print("no adapters yet: `sleepy train` or `sleepy cycle` makes one")
             for a in rows:
-                ev_ = a.get("eval") or {}
-                score = (f"{ev_['pass_rate_before']:.0%}->{ev_['pass_rate_after']:.0%}" if ev_ else "not evaluated")
-                mark = "*" if a["adapter_id"] == cur else " "
-                print(f"{mark} {a['adapter_id']:24} cycle {a.get('cycle')} {a.get('trainer'):5} steps {a.get('steps')} "
-                      f"loss {a.get('initial_loss') or 0:.3f}->{a.get('final_loss') or 0:.3f} "
-                      f"examples {a['dataset']['examples']} eval {score}")
+                g = a.eval
+                score = (f"{g.pass_rate_before:.0%}->{g.pass_rate_after:.0%}"
+                         if g and g.pass_rate_before is not None and g.pass_rate_after is not None else "not evaluated")
+                mark = "*" if a.adapter_id == cur else " "
+                print(f"{mark} {a.adapter_id:24} cycle {a.cycle} {a.trainer:5} steps {a.steps} "
+                      f"loss {a.initial_loss or 0:.3f}->{a.final_loss or 0:.3f} "
+                      f"examples {a.dataset.examples if a.dataset else '-'} eval {score}")
     except AdapterError as e:
         raise CliError(str(e)) from None
     return 0
@@ -306,26 +311,26 @@ def cmd_adapters(args) -> int:
 
 def cmd_export(args) -> int:
     engine = _engine(args)
-    rows = [a for a in engine.adapters() if a.get("cycle") == args.cycle and a.get("gguf")]
+    rows = [a for a in engine.adapters() if a.cycle == args.cycle and a.gguf]
     if not rows:
         raise CliError(f"no GGUF adapter for cycle {args.cycle} (see `sleepy adapters list`)")
     meta = rows[-1]
-    out = Path(args.out or engine.adapter_dir(meta["adapter_id"]))
+    out = Path(args.out or engine.adapter_dir(meta.adapter_id))
     out.mkdir(parents=True, exist_ok=True)
     model, note = _ollama_base(meta, args.base)
     modelfile = out / "Modelfile"
-    modelfile.write_text(f"FROM {model}\nADAPTER {Path(meta['gguf']).resolve()}\n")
+    modelfile.write_text(f"FROM {model}\nADAPTER {Path(meta.gguf).resolve()}\n")
     name = args.name or f"sleepy-cycle{args.cycle}"
     print(f"wrote {modelfile}\nnote: {note}\nrun: ollama create {name} -f {modelfile}")
     return 0
 
 
-def _ollama_base(meta: dict, given: str | None) -> tuple[str, str]:
+def _ollama_base(meta: AdapterRecord, given: str | None) -> tuple[str, str]:
     """(the Modelfile's FROM, a note): --base, else the Ollama twin of the table model the adapter was trained
     on (records before the table named SmolLM2 as "SmolLM2-135M-Instruct (embedded GGUF)")."""
     from .models import table
-    trained_on = meta.get("base_model") or ""
-    spec = table().find(meta.get("ollama_base") or "") or table().find(trained_on.split(" (")[0])
+    trained_on = meta.base_model
+    spec = table().find(meta.ollama_base) or table().find(trained_on.split(" (")[0])
     if given:
         same = spec is not None and table().find(given) is spec
         return given, (f"the adapter was trained on {trained_on}" +
@@ -496,9 +501,9 @@ def _print_status(engine) -> None:
     runs = engine.runs(kind="day")
     if runs:
         last = runs[-1]
-        m = engine.run_metrics(last["run_id"])
-        print(f"\nlatest day run {last['run_id']} ({last.get('status')}): {m.passed}/{m.total} passed "
-              f"({m.pass_rate:.1%}) with {last.get('backend')}:{last.get('model')}")
+        m = engine.run_metrics(last.run_id)
+        print(f"\nlatest day run {last.run_id} ({last.status}): {m.passed}/{m.total} passed "
+              f"({m.pass_rate:.1%}) with {last.backend}:{last.model}")
 
 
 def cmd_report(args) -> int:

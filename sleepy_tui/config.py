@@ -15,8 +15,35 @@ from pathlib import Path
 from . import locations
 from .safe_text import read_regular_file
 
-BACKENDS = ("auto", "ollama", "embedded", "transformers", "mlx", "openai", "fake")
+
+
+@dataclass(frozen=True)
+class BackendKind:
+    """What the rest of sleepy knows of a backend without importing it (the one table that names them)."""
+    name: str
+    module: str                # backends/<module>.py ("": auto, which picks one of the others)
+    adapter: str               # the adapter form it loads, an AdapterRecord field: gguf | peft_dir | mlx_dir;
+                               # "any": the first the record has (the backend refuses what it can't load)
+    cycles: bool               # a cycle can run on it: it loads the adapter the sleep has just trained
+    hf_model: bool = False     # its --model is a Hugging Face folder, which the trainers adapt as it is
+    listed: bool = True        # offered in the app's picker (fake is the tests' double)
+
+
+BACKEND_KINDS = (
+    BackendKind("auto", "", "gguf", cycles=True),      # a cycle serves the embedded model, for that cycle only
+    BackendKind("ollama", "ollama_backend", "gguf", cycles=False),
+    BackendKind("embedded", "embedded", "gguf", cycles=True),
+    BackendKind("transformers", "transformers_backend", "peft_dir", cycles=True, hf_model=True),
+    BackendKind("mlx", "mlx_backend", "mlx_dir", cycles=True, hf_model=True),
+    BackendKind("openai", "openai_backend", "any", cycles=False),
+    BackendKind("fake", "fake", "any", cycles=True, listed=False),
+)
+BACKENDS = tuple(b.name for b in BACKEND_KINDS)
 TRAIN_BACKENDS = ("torch", "mlx")
+
+
+def backend_kind(name: str) -> BackendKind | None:
+    return next((b for b in BACKEND_KINDS if b.name == name), None)
 
 
 class ConfigError(ValueError):

@@ -9,7 +9,7 @@ from __future__ import annotations
 import threading
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable
 
 from pathlib import Path
@@ -17,11 +17,12 @@ from pathlib import Path
 from . import events as ev
 from .agent import Agent, RunResult
 from .backends.base import Backend, BackendUnavailable
-from .config import ConfigError, Settings
+from .config import ConfigError, Settings, backend_kind
 from .episodes import new_run_id
 from .koans import Corpus, Koan, KoanError, load_corpus
 from .metrics import CycleRow, PassAtK, RunMetrics, compare, koan_outcomes, metrics_of, pass_at_k, run_metrics
 from .metrics import store_cycle_table
+from .records import AdapterRecord, CycleRecord, DatasetRecord, GateFacts, RunRecord
 from .sandbox import CheckResult, Limits, Sandbox, SandboxError
 from .store import StateError, Store
 from .training import adapters
@@ -35,9 +36,9 @@ USER_ERRORS = (BackendUnavailable, SandboxError, StateError, AdapterError, Train
                ConfigError)
 __all__ = ["Engine", "EngineError", "USER_ERRORS", "BackendUnavailable", "SandboxError", "StateError",
            "AdapterError", "TrainingUnavailable", "KoanError", "ConfigError", "DatasetInfo", "CheckResult",
-           "CycleRow", "PassAtK", "RunMetrics", "RunResult", "Corpus", "Koan", "ModelChoice"]
+           "CycleRow", "PassAtK", "RunMetrics", "RunResult", "Corpus", "Koan", "ModelChoice", "RunRecord",
+           "CycleRecord", "AdapterRecord", "DatasetRecord", "GateFacts"]
 
-TRAINABLE_BACKENDS = ("embedded", "transformers", "mlx", "fake")
 
 
 class EngineError(RuntimeError):
@@ -118,7 +119,7 @@ class Engine:
     def corpus(self, *, user_folder_is_eval: bool = False) -> Corpus:
         return load_corpus(self.settings.koans_path, all_frozen=user_folder_is_eval)
 
-    def current_adapter(self) -> dict | None:
+    def current_adapter(self) -> AdapterRecord | None:
         return adapters.current(self.store)
 
     def model_choices(self, *, ollama_timeout_s: float = 1.0) -> list[ModelChoice]:
@@ -147,7 +148,7 @@ class Engine:
                                         in_use=s.backend == "ollama" and current is spec))
         return rows
 
-    def promote(self, adapter_id: str) -> dict:
+    def promote(self, adapter_id: str) -> AdapterRecord:
         """Make an adapter current by hand; the next gate compares against its eval."""
         return adapters.promote(self.store, adapter_id)
 
@@ -155,7 +156,7 @@ class Engine:
         """Back to the adapter current before the last promotion (None: the base model)."""
         return adapters.rollback(self.store)
 
-    def make_backend(self, *, adapter: dict | None | str = "current",
+    def make_backend(self, *, adapter: AdapterRecord | None | str = "current",
                      on_notice: Callable[[str], None] | None = None, backend_name: str | None = None) -> Backend:
         """A backend with the promoted adapter (or `adapter`, a store record; None: the bare base model).
 
@@ -195,7 +196,7 @@ class Engine:
         if backend is None:
             backend = self.make_backend(on_notice=lambda m: on_event(ev.Notice("info", m)), backend_name=backend_name)
             cur = self.current_adapter()
-            adapter_id = adapter_id or (cur["adapter_id"] if cur and not self.settings.adapter else None)
+            adapter_id = adapter_id or (cur.adapter_id if cur and not self.settings.adapter else None)
         cycle = self.current_cycle() if cycle is None else cycle
         agent = Agent(backend, self.sandbox, self.store, self.settings, on_event=on_event, cancel=cancel)
         run_id = new_run_id(kind)
@@ -215,9 +216,8 @@ class Engine:
                 return
             interrupted = isinstance(e, KeyboardInterrupt)
             message = "interrupted" if interrupted else f"{type(e).__name__}: {e}".splitlines()[0].rstrip(": ")
-            run.update(status="cancelled" if interrupted else "failed", error=message,
-                       finished=run.get("finished") or time.time())
-            self.store.save_run(run)
+            self.store.save_run(replace(run, status="cancelled" if interrupted else "failed", error=message,
+                                        finished=run.finished or time.time()))
         except Exception:  # noqa: BLE001 - the store may be what failed; the original error is the one to report
             pass
 
@@ -255,8 +255,11 @@ class Engine:
 
     # ---- what the drivers read ----------------------------------------------------------------------------------
 
-    def runs(self, kind: str | None = None) -> list[dict]:
-        return [r for r in self.store.runs() if kind is None or r.get("kind") == kind]
+    def runs(self, kind: str | None = None) -> list[RunRecord]:
+        return [r for r in self.store.runs() if kind is None or r.kind == kind]
+
+    def run(self, run_id: str) -> RunRecord | None:
+        return self.store.run(run_id)
 
     def episodes(self, run_id: str) -> list[dict]:
         return self.store.episodes(run_id)
@@ -274,7 +277,7 @@ class Engine:
         from .report import build_report
         return build_report(self.store, out_dir)
 
-    def adapters(self) -> list[dict]:
+    def adapters(self) -> list[AdapterRecord]:
         return self.store.adapters()
 
     def current_adapter_id(self) -> str | None:
@@ -285,11 +288,11 @@ class Engine:
 
     def latest_dataset(self) -> DatasetInfo | None:
         """The dataset the last training was built on (what `--resume` continues with)."""
-        latest = self.store.get_value("latest_dataset")
-        if not isinstance(latest, dict) or not latest.get("path"):
+        latest = self.store.latest_dataset()
+        if latest is None:
             return None
-        return DatasetInfo(Path(latest["path"]), str(latest.get("hash", "")), int(latest.get("examples") or 0),
-                           latest.get("by_provenance") or {})
+        return DatasetInfo(Path(latest.path), latest.hash, latest.examples, latest.by_provenance,
+                           latest.dropped_leaks, latest.dropped_duplicates)
 
     def training_interrupted(self) -> bool:
         """A training was stopped or crashed before it finished (so `--resume` has something to continue)."""
@@ -314,7 +317,7 @@ class Engine:
 
     def current_cycle(self) -> int:
         cycles = self.store.cycles()
-        return cycles[-1]["cycle"] if cycles else 0
+        return cycles[-1].cycle if cycles else 0
 
     # ---- sleep ------------------------------------------------------------------------------------------------
 
@@ -324,7 +327,7 @@ class Engine:
 
     def train(self, dataset: DatasetInfo, *, cycle: int, on_event: ev.EventSink = ev.ignore,
               stop: threading.Event | None = None, resume: bool = True, adapter_id: str | None = None,
-              fresh: bool = False, **config_overrides) -> dict:
+              fresh: bool = False, **config_overrides) -> AdapterRecord:
         """Train an adapter on `dataset`; record it (not promoted) and return its record.
 
         `fresh` starts a new adapter; otherwise a stopped or crashed training of the last adapter continues."""
@@ -340,24 +343,20 @@ class Engine:
         out = adapters.adapter_dir(self.store, adapter_id)
         t0 = time.time()
         result = trainer.train(dataset.path, config, out, on_event=on_event, stop=stop, resume=resume)
-        meta = {"adapter_id": adapter_id, "cycle": cycle, "trainer": trainer.name, "created": time.time(),
-                "base_model": base.name, "base_gguf": base.gguf, "ollama_base": base.ollama,
-                "dataset": dataset.to_dict(),
-                "config": config.to_dict(), "steps": result.steps, "stopped": result.stopped,
-                "initial_loss": result.initial_loss, "final_loss": result.final_loss,
-                "loss_curve": [{"step": i + 1, "loss": l} for i, l in enumerate(result.losses)],
-                "duration_s": round(time.time() - t0, 1), "promoted": False}
-        if trainer.name == "mlx":
-            meta["mlx_dir"] = str(result.adapter_dir)
-        else:
-            meta["peft_dir"] = str(result.adapter_dir)
-        if not result.stopped:
-            if trainer.name == "torch":
-                from .training.gguf_export import export_gguf_lora
-                gguf = out / "adapter.gguf"
-                export_gguf_lora(result.adapter_dir, gguf, base_gguf=base.gguf or None)
-                meta["gguf"] = str(gguf)
-        adapters.record(self.store, meta)
+        gguf = ""
+        if not result.stopped and trainer.name == "torch":
+            from .training.gguf_export import export_gguf_lora
+            export_gguf_lora(result.adapter_dir, out / "adapter.gguf", base_gguf=base.gguf or None)
+            gguf = str(out / "adapter.gguf")
+        meta = adapters.record(self.store, AdapterRecord(
+            adapter_id=adapter_id, cycle=cycle, trainer=trainer.name, created=time.time(), base_model=base.name,
+            base_gguf=base.gguf, ollama_base=base.ollama, dataset=DatasetRecord.checked(dataset.to_dict()),
+            config=config.to_dict(), steps=result.steps, stopped=result.stopped, initial_loss=result.initial_loss,
+            final_loss=result.final_loss,
+            loss_curve=[{"step": i + 1, "loss": l} for i, l in enumerate(result.losses)],
+            duration_s=round(time.time() - t0, 1), promoted=False, gguf=gguf,
+            mlx_dir=str(result.adapter_dir) if trainer.name == "mlx" else "",
+            peft_dir="" if trainer.name == "mlx" else str(result.adapter_dir)))
         if not result.stopped:       # only now: a crash before this resumes the same adapter (no retraining)
             self.store.set_value("training_adapter_id", None)
         return meta
@@ -367,7 +366,7 @@ class Engine:
         default when none is named), de-quantized from the same GGUF; with the transformers or mlx backend,
         their --model. EngineError when the table says this trainer can't adapt the model."""
         s = self.settings
-        if s.backend in ("transformers", "mlx"):
+        if (kind := backend_kind(s.backend)) and kind.hf_model:
             return TrainBase(s.model, s.model or FAST_BASE_LABEL, "", "")
         from .models import ModelError, resolve, table
         if s.backend == "ollama":         # the table model that is the same as Ollama's (none: the fast one)
@@ -421,21 +420,21 @@ class Engine:
                       backend_name: str | None = None) -> str:
         """The eval run of the current model (promoted adapter or base); run it if there is none."""
         run_id = self.store.get_value("current_eval_run")
-        if run_id and self.store.run(run_id) and self.store.run(run_id).get("status") == "done":
+        current = self.store.run(run_id) if run_id else None
+        if current and current.status == "done":
             return run_id
         cur = self.current_adapter()
-        want = cur["adapter_id"] if cur else ""
+        want = cur.adapter_id if cur else ""
         corpus = self.corpus()
         frozen = {k.id for k in corpus.eval_set}
         # `total` short of the koans given: a run that crashed before crashes were stored as failed; a run of
         # part of the set (`sleepy eval --koan / --family`) is no baseline for the whole of it, nor is one
         # independent first attempt per koan (`sleepy eval --samples`)
-        done = [r for r in self.store.runs() if r.get("kind") == "eval" and r.get("status") == "done"
-                and r.get("total", len(r.get("koan_ids", []))) == len(r.get("koan_ids", []))
-                and frozen <= set(r.get("koan_ids", [])) and r.get("sample") is None
-                and (r.get("adapter_id") or "") == want and (want or not r.get("adapter"))]
+        done = [r for r in self.store.runs() if r.kind == "eval" and r.status == "done" and r.every_koan_finished
+                and frozen <= set(r.koan_ids) and r.sample is None
+                and r.adapter_id == want and (want or not r.adapter)]
         if done:  # an eval of the current model already exists (e.g. `sleepy eval --cycle 0`)
-            run_id = done[-1]["run_id"]
+            run_id = done[-1].run_id
             self._record_baseline(run_id)
             return run_id
         res = self.run_agent(corpus.eval_set, kind="eval", cycle=self.current_cycle(), on_event=on_event,
@@ -448,15 +447,16 @@ class Engine:
     def _record_baseline(self, run_id: str) -> None:
         self.store.set_value("current_eval_run", run_id)
         if not self.store.cycles():
-            self.store.save_cycle({"cycle": 0, "eval_run_id": run_id, "adapter_id": None, "promoted": True,
-                                   "reason": "baseline", "time": time.time()})
+            self.store.save_cycle(CycleRecord(cycle=0, eval_run_id=run_id, adapter_id=None, promoted=True,
+                                              reason="baseline", time=time.time()))
 
     def cycle(self, *, day_count: int | None = None, on_event: ev.EventSink = ev.ignore,
-              cancel: threading.Event | None = None, train_overrides: dict | None = None) -> dict:
+              cancel: threading.Event | None = None, train_overrides: dict | None = None) -> CycleRecord:
         """day -> sleep -> eval -> gate. Returns the cycle record (also stored)."""
         cancel = cancel or threading.Event()
         backend_name = self.settings.backend
-        if backend_name not in ("auto",) + TRAINABLE_BACKENDS:
+        kind = backend_kind(backend_name)
+        if kind is None or not kind.cycles:
             raise EngineError(f"a cycle trains the model it evaluates: the {backend_name} backend can't load a fresh "
                               "adapter; use --backend embedded (or transformers/mlx with a local model)")
         # every stage of a cycle serves the model it trains: `auto` means the embedded model, for this cycle only
@@ -472,23 +472,25 @@ class Engine:
         on_event(ev.Notice("info", f"dataset {dataset.hash}: {dataset.examples} examples {dataset.by_provenance}"))
         meta = self.train(dataset, cycle=n, on_event=on_event, stop=cancel, resume=False, fresh=True,
                           **(train_overrides or {}))
-        if meta["stopped"]:
+        if meta.stopped:
             raise EngineError("cycle stopped during training; `sleepy train --resume` continues it")
         res = self.run_agent(corpus.eval_set, kind="eval", cycle=n, on_event=on_event, cancel=cancel,
-                             backend=self.make_backend(adapter=meta), adapter_id=meta["adapter_id"])
+                             backend=self.make_backend(adapter=meta), adapter_id=meta.adapter_id)
         if res.cancelled or res.error:
             raise EngineError(res.error or "cycle cancelled during the eval")
         promote, reason, facts = self.gate(baseline, res.run_id)
-        meta.update(eval_run_id=res.run_id, eval=facts)
+        meta = replace(meta, eval_run_id=res.run_id, eval=GateFacts.from_dict(facts))
         adapters.record(self.store, meta)
         if promote:
-            adapters.promote(self.store, meta["adapter_id"], reason=f"gate: {reason}")
+            adapters.promote(self.store, meta.adapter_id, reason=f"gate: {reason}")
             self.store.set_value("current_eval_run", res.run_id)
-        record = {"cycle": n, "day_run_id": day.run_id, "eval_run_id": res.run_id, "baseline_eval_run_id": baseline,
-                  "adapter_id": meta["adapter_id"], "promoted": promote, "reason": reason, "dataset": dataset.to_dict(),
-                  "train": {k: meta[k] for k in ("steps", "initial_loss", "final_loss", "duration_s")},
-                  "time": time.time(), **facts}
+        record = CycleRecord.from_dict({
+            "cycle": n, "day_run_id": day.run_id, "eval_run_id": res.run_id, "baseline_eval_run_id": baseline,
+            "adapter_id": meta.adapter_id, "promoted": promote, "reason": reason, "dataset": dataset.to_dict(),
+            "train": {"steps": meta.steps, "initial_loss": meta.initial_loss, "final_loss": meta.final_loss,
+                      "duration_s": meta.duration_s},
+            "time": time.time(), **facts})
         self.store.save_cycle(record)
         on_event(ev.Notice("info" if promote else "warning",
-                           f"cycle {n}: adapter {meta['adapter_id']} {'promoted' if promote else 'kept out'}: {reason}"))
+                           f"cycle {n}: adapter {meta.adapter_id} {'promoted' if promote else 'kept out'}: {reason}"))
         return record

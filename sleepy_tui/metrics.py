@@ -16,6 +16,8 @@ import statistics
 from collections import Counter, defaultdict
 from dataclasses import asdict, dataclass, field
 
+from .records import RunRecord
+
 
 @dataclass
 class KoanOutcome:
@@ -133,24 +135,24 @@ def compare(prev: dict[str, KoanOutcome], cur: dict[str, KoanOutcome]) -> tuple[
             [k for k in common if not prev[k].passed and cur[k].passed])
 
 
-def cycle_table(runs: list[dict], episodes_of) -> list[CycleRow]:
+def cycle_table(runs: list[RunRecord], episodes_of) -> list[CycleRow]:
     """One row per cycle from its finished eval runs (`episodes_of(run_id)` reads a run's episodes)."""
-    evals: dict[int, list[dict]] = defaultdict(list)
+    evals: dict[int, list[RunRecord]] = defaultdict(list)
     for r in runs:
-        if r.get("kind") == "eval" and r.get("status") in ("done", None) and r.get("sample") is None:
-            evals[int(r.get("cycle", 0))].append(r)
+        if r.kind == "eval" and r.status == "done" and r.sample is None:
+            evals[r.cycle].append(r)
     rows: list[CycleRow] = []
     prev: dict[str, KoanOutcome] | None = None
     for cycle in sorted(evals):
-        rs = sorted(evals[cycle], key=lambda r: r.get("started", 0))
-        outs = [koan_outcomes(episodes_of(r["run_id"])) for r in rs]
+        rs = sorted(evals[cycle], key=lambda r: r.started)
+        outs = [koan_outcomes(episodes_of(r.run_id)) for r in rs]
         outs = [o for o in outs if o]
         if not outs:
             continue
         latest = outs[-1]
-        row = CycleRow(cycle=cycle, run_ids=[r["run_id"] for r in rs], metrics=metrics_of(latest),
+        row = CycleRow(cycle=cycle, run_ids=[r.run_id for r in rs], metrics=metrics_of(latest),
                        pass_rates=[metrics_of(o).pass_rate for o in outs],
-                       adapter=rs[-1].get("adapter_id") or rs[-1].get("adapter", ""))
+                       adapter=rs[-1].adapter_id or rs[-1].adapter)
         if prev is not None:
             row.regressions, row.gains = compare(prev, latest)
             row.repeat_error_rate_across = repeat_error_rate_across(prev, latest)

@@ -12,6 +12,7 @@ from pathlib import Path
 from .metrics import CycleRow, koan_outcomes, store_cycle_table
 from .stats import paired_change
 from .atomic import write_text
+from .records import AdapterRecord
 from .store import Store
 
 PLOTS = ("pass_rate_by_cycle.png", "steps_to_green_by_cycle.png", "repeat_error_rate_by_cycle.png",
@@ -33,8 +34,8 @@ def _outcomes_by_run(store: Store, run_ids: list[str]) -> list[dict[str, bool]]:
 def build_report(store: Store, out_dir: Path) -> Path:
     out_dir.mkdir(parents=True, exist_ok=True)
     rows = store_cycle_table(store)
-    cycles = {c["cycle"]: c for c in store.cycles()}
-    adapters = {a["adapter_id"]: a for a in store.adapters()}
+    cycles = {c.cycle: c for c in store.cycles()}
+    adapters = {a.adapter_id: a for a in store.adapters()}
     md: list[str] = ["# Results: sleepy-tui training progress", "",
                      f"Generated {time.strftime('%Y-%m-%d %H:%M')} from `{store.dir}` by `sleepy report`.", ""]
     if not rows:
@@ -45,8 +46,9 @@ def build_report(store: Store, out_dir: Path) -> Path:
 
     base = rows[0]
     bm = base.metrics
-    first_run = store.run(base.run_ids[-1]) or {}
-    md += ["## Baseline (before training)", "", f"Model: `{first_run.get('backend', '?')}:{first_run.get('model', '?')}`"
+    first_run = store.run(base.run_ids[-1])
+    model = f"{first_run.backend}:{first_run.model}" if first_run else "?"
+    md += ["## Baseline (before training)", "", f"Model: `{model}`"
            f"{' + adapter ' + base.adapter if base.adapter else ''}", "",
            "| Metric | Value |", "|---|---|",
            f"| Pass rate ({bm.total} frozen eval) | {_pct(bm.pass_rate)} ({bm.passed}/{bm.total}) |",
@@ -60,22 +62,22 @@ def build_report(store: Store, out_dir: Path) -> Path:
     md += ["## Training cycles", ""]
     by_cycle = {r.cycle: r for r in rows}
     for r in rows[1:]:
-        rec = cycles.get(r.cycle, {})
-        a = adapters.get(rec.get("adapter_id", ""), {})
+        rec = cycles.get(r.cycle)
+        a = adapters.get(rec.adapter_id or "") if rec else None
         prev = by_cycle.get(max(c for c in by_cycle if c < r.cycle))
-        cfg = a.get("config", {})
         md += [f"### Cycle {r.cycle}", ""]
         if a:
+            cfg, data = a.config, a.dataset
             md += ["**Training config:**", "",
-                   f"- Trainer: {a.get('trainer')}, base: {a.get('base_model')}",
-                   f"- Steps: {a.get('steps')}, learning rate {cfg.get('learning_rate')}, LoRA rank {cfg.get('lora_rank')}, "
+                   f"- Trainer: {a.trainer}, base: {a.base_model}",
+                   f"- Steps: {a.steps}, learning rate {cfg.get('learning_rate')}, LoRA rank {cfg.get('lora_rank')}, "
                    f"alpha {cfg.get('lora_alpha')}, batch {cfg.get('batch_size')}",
-                   f"- Training examples: {a.get('dataset', {}).get('examples')} "
-                   f"({', '.join(f'{k} {v}' for k, v in a.get('dataset', {}).get('by_provenance', {}).items())})",
-                   f"- Duration: {_num(a.get('duration_s'), '{:.0f}')} s",
-                   f"- Loss: {_num(a.get('initial_loss'), '{:.3f}')} -> {_num(a.get('final_loss'), '{:.3f}')}", ""]
+                   f"- Training examples: {data.examples if data else '-'} "
+                   f"({', '.join(f'{k} {v}' for k, v in (data.by_provenance if data else {}).items())})",
+                   f"- Duration: {_num(a.duration_s, '{:.0f}')} s",
+                   f"- Loss: {_num(a.initial_loss, '{:.3f}')} -> {_num(a.final_loss, '{:.3f}')}", ""]
         if rec:
-            md += [f"**Gate:** {'promoted' if rec.get('promoted') else 'rejected'}: {rec.get('reason', '')}", ""]
+            md += [f"**Gate:** {'promoted' if rec.promoted else 'rejected'}: {rec.reason}", ""]
         m, pm = r.metrics, prev.metrics
         ch = paired_change(_outcomes_by_run(store, prev.run_ids), _outcomes_by_run(store, r.run_ids))
         md += ["| Metric | Before | After | Delta |", "|---|---|---|---|",
@@ -118,16 +120,16 @@ def build_report(store: Store, out_dir: Path) -> Path:
             else "-" for r in rows) + " |")
     md.append("")
 
-    trained = [a for a in adapters.values() if a.get("loss_curve")]
+    trained = [a for a in adapters.values() if a.loss_curve]
     md += ["## Training metrics", "", "| Cycle | Adapter | Steps | Initial loss | Final loss | Duration | Examples | Promoted |",
            "|---|---|---|---|---|---|---|---|"]
     for a in trained:
-        md.append(f"| {a.get('cycle')} | {a['adapter_id']} | {a.get('steps')} | {_num(a.get('initial_loss'), '{:.3f}')} | "
-                  f"{_num(a.get('final_loss'), '{:.3f}')} | {_num(a.get('duration_s'), '{:.0f}')} s | "
-                  f"{a.get('dataset', {}).get('examples')} | {'yes' if a.get('promoted') else 'no'} |")
+        md.append(f"| {a.cycle} | {a.adapter_id} | {a.steps} | {_num(a.initial_loss, '{:.3f}')} | "
+                  f"{_num(a.final_loss, '{:.3f}')} | {_num(a.duration_s, '{:.0f}')} s | "
+                  f"{a.dataset.examples if a.dataset else '-'} | {'yes' if a.promoted else 'no'} |")
     md.append("")
     if trained:
-        md += ["### Loss curve (latest adapter)", "", "```", ascii_curve(trained[-1]["loss_curve"]), "```", ""]
+        md += ["### Loss curve (latest adapter)", "", "```", ascii_curve(trained[-1].loss_curve), "```", ""]
 
     md += _flagged(store)
     written = write_plots(rows, trained, out_dir)
@@ -160,7 +162,7 @@ def ascii_curve(curve: list[dict], width: int = 60, height: int = 10) -> str:
     return re.sub(r"\x1b\[[0-9;]*m", "", plt.build())
 
 
-def write_plots(rows: list[CycleRow], trained: list[dict], out_dir: Path) -> list[str]:
+def write_plots(rows: list[CycleRow], trained: list[AdapterRecord], out_dir: Path) -> list[str]:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -221,7 +223,7 @@ def write_plots(rows: list[CycleRow], trained: list[dict], out_dir: Path) -> lis
 
     fig, ax = plt.subplots(figsize=(6, 4))
     for a in trained[-4:]:
-        ax.plot([p["step"] for p in a["loss_curve"]], [p["loss"] for p in a["loss_curve"]], label=a["adapter_id"])
+        ax.plot([p["step"] for p in a.loss_curve], [p["loss"] for p in a.loss_curve], label=a.adapter_id)
     ax.set(title="Training loss", xlabel="step", ylabel="loss (reply tokens)")
     if trained:
         ax.legend(fontsize=8)

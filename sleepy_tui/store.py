@@ -10,6 +10,10 @@ or the new file, never a torn one. Documents are written one a line, so a hand-d
 line by line (the damaged original is kept as `*.corrupt-<time>`); so is one of the wrong shape (a list, a
 table or record that is not an object). A state file that is not a regular file (a folder, a FIFO, a device) or
 is implausibly large is refused with one line, never read.
+
+Runs, cycles and adapters come back as the typed records of records.py, migrated from whatever shape they were
+written in; a record that can't be read (no run_id, a newer schema) is skipped and a field of the wrong type read
+as its default, each said once as a warning, so one damaged record never stops `sleepy report` or the app.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from tinydb.storages import Storage
 
 from .atomic import write_text as atomic_write_text
 from .episodes import Episode
+from .records import AdapterRecord, CycleRecord, DatasetRecord, Record, RecordError, RunRecord
 from .safe_text import read_regular_file
 
 SCHEMA_VERSION = 1
@@ -164,6 +169,8 @@ class Store:
         self.warnings: list[str] = []
 
         def warn(msg: str) -> None:
+            if msg in self.warnings:         # a damaged record is read on every refresh: said once
+                return
             self.warnings.append(msg)
             if on_warning:
                 on_warning(msg)
@@ -210,12 +217,11 @@ class Store:
         orphans = runs.search(Query().status == "running")
         if not orphans:
             return
-        for run in orphans:
-            runs.update({"status": "interrupted", "error": "the process ended before the run finished"},
-                        Query().run_id == run["run_id"])
+        runs.update({"status": "interrupted", "error": "the process ended before the run finished"},
+                    doc_ids=[r.doc_id for r in orphans])
         self._meta.storage.flush()
         self._warn(f"{len(orphans)} run(s) left unfinished by an earlier process marked interrupted: "
-                   + ", ".join(r["run_id"] for r in orphans))
+                   + ", ".join(str(r.get("run_id", f"record {r.doc_id}")) for r in orphans))
 
     def _migrate(self) -> None:
         with self._lock:
@@ -299,26 +305,56 @@ class Store:
         with self._lock:
             return [dict(d) for d in self._meta.table(table).all()]
 
-    def save_run(self, run: dict) -> None:
-        self._upsert("runs", "run_id", run)
+    def _save(self, table: str, cls: type[Record], record: Record | dict) -> None:
+        """Write a record (or a document of its shape, checked: a field of the wrong type is refused)."""
+        self._upsert(table, cls.KEY, (record if isinstance(record, cls) else cls.checked(record)).to_dict())
 
-    def runs(self) -> list[dict]:
-        return sorted(self._all("runs"), key=lambda r: r.get("started", 0))
+    def _records(self, table: str, cls: type[Record], cond=None) -> list:
+        """The table's records that can be read (the rest skipped, each said once)."""
+        with self._lock:
+            docs = self._meta.table(table).search(cond) if cond is not None else self._meta.table(table).all()
+            docs = [(d.doc_id, dict(d)) for d in docs]
+        where = self.dir / "sleepy.json"
+        out = []
+        for doc_id, doc in docs:
+            try:
+                out.append(cls.from_dict(doc, on_repair=lambda note: self._warn(f"{where}: {note}")))
+            except RecordError as e:
+                self._warn(f"{where}: {cls.LABEL} record {doc_id} skipped: {e}")
+        return out
 
-    def run(self, run_id: str) -> dict | None:
-        return next((r for r in self._all("runs") if r["run_id"] == run_id), None)
+    def save_run(self, run: RunRecord | dict) -> None:
+        self._save("runs", RunRecord, run)
 
-    def save_cycle(self, cycle: dict) -> None:
-        self._upsert("cycles", "cycle", cycle)
+    def runs(self) -> list[RunRecord]:
+        return sorted(self._records("runs", RunRecord), key=lambda r: r.started)
 
-    def cycles(self) -> list[dict]:
-        return sorted(self._all("cycles"), key=lambda c: c["cycle"])
+    def run(self, run_id: str) -> RunRecord | None:
+        return next(iter(self._records("runs", RunRecord, Query().run_id == run_id)), None)
 
-    def save_adapter(self, adapter: dict) -> None:
-        self._upsert("adapters", "adapter_id", adapter)
+    def save_cycle(self, cycle: CycleRecord | dict) -> None:
+        self._save("cycles", CycleRecord, cycle)
 
-    def adapters(self) -> list[dict]:
-        return sorted(self._all("adapters"), key=lambda a: a.get("created", 0))
+    def cycles(self) -> list[CycleRecord]:
+        return sorted(self._records("cycles", CycleRecord), key=lambda c: c.cycle)
+
+    def save_adapter(self, adapter: AdapterRecord | dict) -> None:
+        self._save("adapters", AdapterRecord, adapter)
+
+    def adapters(self) -> list[AdapterRecord]:
+        return sorted(self._records("adapters", AdapterRecord), key=lambda a: a.created)
+
+    def latest_dataset(self) -> DatasetRecord | None:
+        """The dataset the last training was built on (None: none yet, or its record can't be read)."""
+        doc = self.get_value("latest_dataset")
+        if doc is None:
+            return None
+        where = self.dir / "sleepy.json"
+        try:
+            return DatasetRecord.from_dict(doc, on_repair=lambda note: self._warn(f"{where}: latest {note}"))
+        except RecordError as e:
+            self._warn(f"{where}: the latest dataset's record skipped: {e}")
+            return None
 
     def add_correction(self, correction: dict) -> None:
         self._upsert("corrections", "correction_id", correction)

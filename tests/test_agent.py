@@ -40,7 +40,7 @@ def test_pass_on_second_attempt(corpus, sandbox, store):
     assert kinds.index("KoanFinished") > max(i for i, k in enumerate(kinds) if k == "AttemptChecked")
     streamed = "".join(e.text for e in events if isinstance(e, ev.TokenStreamed) and e.attempt == 2)
     assert streamed == fence(koan.solution)
-    assert store.run(result.run_id)["status"] == "done"
+    assert store.run(result.run_id).status == "done"
 
 
 def test_reply_without_code_is_a_failed_attempt(corpus, sandbox, store):
@@ -91,7 +91,7 @@ def test_cancel_keeps_finished_koans(corpus, sandbox, store):
                   on_event=on_event, cancel=cancel)
     result = agent.run(koans)
     assert result.cancelled and [r.koan_id for r in result.results] == ["bc_901"]
-    assert store.run(result.run_id)["status"] == "cancelled"
+    assert store.run(result.run_id).status == "cancelled"
     assert len(store.episodes(result.run_id)) == 1
 
 
@@ -102,5 +102,5 @@ def test_backend_going_away_fails_the_run_cleanly(corpus, sandbox, store):
                           sandbox, store, events)
     result = agent.run([k1, k2])
     assert "ollama serve" in result.error and result.passed == 1
-    assert store.run(result.run_id)["status"] == "failed"
+    assert store.run(result.run_id).status == "failed"
     assert any(isinstance(e, ev.Notice) and e.level == "error" for e in events)

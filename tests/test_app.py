@@ -208,7 +208,7 @@ async def test_stop_run_keeps_finished_koans(koan_dir, _isolated_state):
         assert "stopped" in app.main_screen.query_one(Transcript).plain_text()
         assert not app.main_screen.query_one("#day-run").disabled  # controls come back
     runs = app.engine.store.runs()
-    assert runs[-1]["status"] == "cancelled"
+    assert runs[-1].status == "cancelled"
     assert any(e["koan_id"] == "bc_901" for e in app.engine.store.episodes())
 
 
@@ -255,14 +255,14 @@ async def test_training_start_stop_resume_moves_progress_and_loss_plot(koan_dir,
         assert "stopped at step 3" in str(screen.query_one("#train-stats").render())
         assert not screen.query_one("#train-start").disabled
         stopped = app.engine.store.adapters()[-1]
-        assert stopped["stopped"] is True
+        assert stopped.stopped is True
         await pilot.press("u")
         await settle(pilot)
         assert trainer.calls[-1] == {"resume": True, "start": 3, "steps": 6}
         assert bar.progress == 6
         assert screen.query_one("#train-loss", MetricPlot).x == [1, 2, 3, 4, 5, 6]
         done = app.engine.store.adapters()[-1]
-        assert done["adapter_id"] == stopped["adapter_id"] and done["stopped"] is False
+        assert done.adapter_id == stopped.adapter_id and done.stopped is False
 
 
 async def test_training_settings_are_validated(koan_dir, _isolated_state):
@@ -344,7 +344,7 @@ async def test_failure_review_steps_corrects_flags_and_reruns(koan_dir, _isolate
         await settle(pilot)
         assert app.screen is app.main_screen
         assert queue_status(app) == {"bc_901": ("passed", 1)}
-        assert app.engine.store.runs()[-1]["kind"] == "rerun"
+        assert app.engine.store.runs()[-1].kind == "rerun"
 
 
 async def test_queue_filters_and_koan_history(koan_dir, _isolated_state):
@@ -410,7 +410,7 @@ async def test_quit_while_running_stops_and_keeps_finished_episodes(koan_dir, _i
     assert app.cancel_run.is_set()
     fresh = Store(_isolated_state)
     assert [e["koan_id"] for e in fresh.episodes()][:1] == ["bc_901"]
-    assert fresh.runs()[-1]["status"] == "cancelled"
+    assert fresh.runs()[-1].status == "cancelled"
 
 
 async def test_transcript_follows_until_the_user_scrolls_up(koan_dir, _isolated_state):
@@ -453,12 +453,12 @@ async def test_full_cycle_updates_header_plots_and_trainer(koan_dir, _isolated_s
         await settle(pilot)
         assert backend.remaining == 0
         (c0, c1) = app.engine.store.cycles()
-        assert c1["cycle"] == 1 and c1["promoted"] is True
+        assert c1.cycle == 1 and c1.promoted is True
         screen = app.main_screen
         assert screen.query_one("#plot-pass-rate", MetricPlot).x == [0, 1]
         assert screen.query_one("#plot-pass-rate", MetricPlot).y == [100.0, 100.0]
         assert screen.query_one("#plot-loss", MetricPlot).x == list(range(1, 7))
-        assert f"adapter {c1['adapter_id']}" in app.sub_title and "cycle 1" in app.sub_title
+        assert f"adapter {c1.adapter_id}" in app.sub_title and "cycle 1" in app.sub_title
         assert any("Cycle 1: adapter promoted" in m for m, _ in rec.notes)
         assert not app.run_busy and not screen.query_one("#train-start").disabled
 

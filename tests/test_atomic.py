@@ -51,3 +51,30 @@ def test_leftovers_of_a_crash_are_removed(tmp_path):
     (tmp_path / "keep.json").write_text("{}")
     atomic.remove_leftovers(tmp_path)
     assert [q.name for q in tmp_path.iterdir()] == ["keep.json"]
+
+
+def test_a_library_writing_by_name_gets_a_temporary_file_renamed_only_on_success(tmp_path):
+    out = tmp_path / "adapter.gguf"
+    with atomic.writing(out) as tmp:
+        assert tmp.parent == tmp_path and tmp.name.startswith(atomic.TMP_PREFIX)
+        with open(tmp, "wb") as f:            # as gguf.GGUFWriter does
+            f.write(b"GGUF1")
+        assert not out.exists()               # nothing at the final name until the block ends
+    assert out.read_bytes() == b"GGUF1" and (out.stat().st_mode & 0o777) == 0o644
+    with pytest.raises(ValueError):
+        with atomic.writing(out) as tmp:
+            tmp.write_bytes(b"half")
+            raise ValueError("the writer failed")
+    assert out.read_bytes() == b"GGUF1" and [q.name for q in tmp_path.iterdir()] == ["adapter.gguf"]
+
+
+def test_a_folder_another_writer_finished_meanwhile_is_kept(tmp_path):
+    final = tmp_path / "model"
+
+    def fill(d):
+        final.mkdir()                          # the other process, while this one was filling
+        (final / "w.bin").write_bytes(b"theirs")
+        (d / "w.bin").write_bytes(b"ours")
+
+    atomic.write_folder(final, fill, keep=lambda d: (d / "w.bin").is_file())
+    assert (final / "w.bin").read_bytes() == b"theirs" and [q.name for q in tmp_path.iterdir()] == ["model"]

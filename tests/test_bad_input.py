@@ -171,7 +171,7 @@ def _run_ollama(koan_dir, state, capsys):
     code, out, err = cli(["run", "--backend", "ollama", "--koans", str(koan_dir), "--state", str(state),
                           "--count", "1"], capsys)
     runs = Store(state).runs()
-    assert len(runs) == 1 and runs[0]["status"] == "failed"       # the attempt is on record, state intact
+    assert len(runs) == 1 and runs[0].status == "failed"       # the attempt is on record, state intact
     return code, err, runs[0]
 
 
@@ -183,7 +183,7 @@ def test_ollama_down_says_ollama_serve(koan_dir, tmp_path, capsys, monkeypatch, 
     code, err, run = _run_ollama(koan_dir, tmp_path / "state", capsys)
     assert code == 2
     one_error(err, f"Ollama is not running at {url}: start it with `ollama serve`")
-    assert "ollama serve" in run["error"]
+    assert "ollama serve" in run.error
 
 
 def test_ollama_without_the_model_says_ollama_pull(koan_dir, tmp_path, capsys, monkeypatch):
@@ -719,7 +719,7 @@ def test_a_run_that_crashes_is_stored_failed_and_is_one_line(koan_dir, tmp_path,
     assert code == 2
     one_error(err, "the run crashed", "ScriptExhausted", "stored as failed")
     runs = Store(state).runs()
-    assert len(runs) == 1 and runs[0]["status"] == "failed" and "ScriptExhausted" in runs[0]["error"]
+    assert len(runs) == 1 and runs[0].status == "failed" and "ScriptExhausted" in runs[0].error
 
 
 def _engine(koan_dir: Path, state: Path, backend):
@@ -739,12 +739,12 @@ def test_a_crashed_eval_is_stored_failed_and_is_never_a_baseline(koan_dir, tmp_p
     with pytest.raises(type(error)):
         engine.run_agent(engine.corpus().eval_set, kind="eval")
     crashed = engine.store.runs()[-1]
-    assert crashed["status"] == "failed" and crashed["error"].startswith(type(error).__name__), crashed
+    assert crashed.status == "failed" and crashed.error.startswith(type(error).__name__), crashed
     good = ScriptedBackend([fix("bc_900")])
     engine.backend_factory = lambda *_a: good
     baseline = engine.baseline_eval()
-    assert baseline != crashed["run_id"] and good.calls                 # a fresh eval, not the crashed one
-    assert engine.store.run(baseline)["status"] == "done"
+    assert baseline != crashed.run_id and good.calls                 # a fresh eval, not the crashed one
+    assert engine.store.run(baseline).status == "done"
     engine.close()
 
 
@@ -763,7 +763,7 @@ def test_a_crash_in_the_check_is_stored_failed(koan_dir, tmp_path, monkeypatch):
     with pytest.raises(OSError):
         engine.run_agent(engine.corpus().train_set, kind="day")
     run = engine.store.runs()[-1]
-    assert run["status"] == "failed" and "Too many open files" in run["error"]
+    assert run.status == "failed" and "Too many open files" in run.error
     engine.close()
 
 
@@ -772,7 +772,7 @@ def test_an_interrupted_run_is_not_done(koan_dir, tmp_path):
     engine = _engine(koan_dir, tmp_path / "state", ScriptedBackend([KeyboardInterrupt()]))
     with pytest.raises(KeyboardInterrupt):
         engine.run_agent(engine.corpus().eval_set, kind="eval")
-    assert engine.store.runs()[-1]["status"] == "cancelled"
+    assert engine.store.runs()[-1].status == "cancelled"
     engine.close()
 
 

@@ -138,8 +138,8 @@ def test_agent_trainer_and_readers_at_once_corrupt_nothing(engine):
             meta = engine.train(dataset, cycle=i + 1, fresh=True, adapter_id=f"c{i + 1:03d}-concurrent",
                                 on_event=lambda e: None)
             if i % 2 == 0:
-                adapters.promote(engine.store, meta["adapter_id"], reason="test")
-            engine.store.save_cycle({"cycle": i + 1, "adapter_id": meta["adapter_id"], "time": time.time()})
+                adapters.promote(engine.store, meta.adapter_id, reason="test")
+            engine.store.save_cycle({"cycle": i + 1, "adapter_id": meta.adapter_id, "time": time.time()})
             trained.append(meta)
             i += 1
 
@@ -149,9 +149,9 @@ def test_agent_trainer_and_readers_at_once_corrupt_nothing(engine):
             assert not snap.warnings, snap.warnings
             store_cycle_table(engine.store)
             for r in engine.store.runs():
-                eps = engine.store.episodes(r["run_id"])
-                if r["status"] == "done":
-                    assert len(eps) == 2 * len(r["koan_ids"]), r["run_id"]
+                eps = engine.store.episodes(r.run_id)
+                if r.status == "done":
+                    assert len(eps) == 2 * len(r.koan_ids), r.run_id
             engine.store.adapters()
             reads["shared"] += 1
 
@@ -161,12 +161,12 @@ def test_agent_trainer_and_readers_at_once_corrupt_nothing(engine):
             s = Store(state, on_warning=warnings.append)
             runs = s.runs()
             for r in runs:                                  # sleepy.json is read before the episode files
-                eps = s.episodes(r["run_id"])
+                eps = s.episodes(r.run_id)
                 assert all({"run_id", "koan_id", "attempt", "outcome"} <= set(e) for e in eps)
-                if r["status"] == "done":
-                    assert len(eps) == 2 * len(r["koan_ids"]), r["run_id"]
+                if r.status == "done":
+                    assert len(eps) == 2 * len(r.koan_ids), r.run_id
             for a in s.adapters():
-                assert a["steps"] == TRAIN_STEPS and not a["stopped"]
+                assert a.steps == TRAIN_STEPS and not a.stopped
             store_cycle_table(s)
             s.close()
             assert warnings == [], warnings
@@ -197,22 +197,22 @@ def test_agent_trainer_and_readers_at_once_corrupt_nothing(engine):
     eps = store.episodes()
     attempts = sum(r.attempts for res in results for r in res.results)
     assert len(eps) == attempts == 2 * RUNS // 2 * (TRAIN_KOANS + EVAL_KOANS)
-    runs = {r["run_id"]: r for r in store.runs()}
+    runs = {r.run_id: r for r in store.runs()}
     assert set(runs) == {res.run_id for res in results} == set(store.run_ids_on_disk())
     for res in results:
         r = runs[res.run_id]
-        assert r["status"] == "done" and r["passed"] == len(r["koan_ids"]) == len(res.results)
-        assert len(store.episodes(res.run_id)) == 2 * len(r["koan_ids"])
-    recorded = {a["adapter_id"]: a for a in store.adapters()}
-    assert set(recorded) == {m["adapter_id"] for m in trained}
+        assert r.status == "done" and r.passed == len(r.koan_ids) == len(res.results)
+        assert len(store.episodes(res.run_id)) == 2 * len(r.koan_ids)
+    recorded = {a.adapter_id: a for a in store.adapters()}
+    assert set(recorded) == {m.adapter_id for m in trained}
     for aid, a in recorded.items():
-        assert json.loads((state / "adapters" / aid / "meta.json").read_text())["steps"] == a["steps"] == TRAIN_STEPS
-        assert json.loads((Path(a["peft_dir"]) / "weights.json").read_text()) == {"step": TRAIN_STEPS}
+        assert json.loads((state / "adapters" / aid / "meta.json").read_text())["steps"] == a.steps == TRAIN_STEPS
+        assert json.loads((Path(a.peft_dir) / "weights.json").read_text()) == {"step": TRAIN_STEPS}
         assert [p.name for p in sorted((state / "adapters" / aid / "checkpoints").iterdir())] == \
             ["step-000009", "step-000012"]
     assert store.get_value("training_adapter_id") is None
-    assert store.get_value("current_adapter") == trained[(len(trained) - 1) // 2 * 2]["adapter_id"]
-    assert [c["cycle"] for c in store.cycles()] == list(range(1, len(trained) + 1))
+    assert store.get_value("current_adapter") == trained[(len(trained) - 1) // 2 * 2].adapter_id
+    assert [c.cycle for c in store.cycles()] == list(range(1, len(trained) + 1))
     assert len(store_cycle_table(store)) == RUNS // 2          # one eval per cycle 0..2
     assert not [p for p in state.rglob("*.tmp")]                # no temp file left behind
     for f in [state / "sleepy.json", *state.glob("episodes/*.json")]:
@@ -267,5 +267,5 @@ def test_two_processes_writing_one_state_lose_nothing_or_refuse_clearly(tmp_path
         assert len(refused) == 1 and "in use" in refused[0] and str(procs["A"].pid) in refused[0], replies
         return
     store = Store(state)
-    assert [r["status"] for r in store.runs()] == ["done"]
-    assert [a["adapter_id"] for a in store.adapters()] == ["c001-b"], "B's adapter record was lost"
+    assert [r.status for r in store.runs()] == ["done"]
+    assert [a.adapter_id for a in store.adapters()] == ["c001-b"], "B's adapter record was lost"

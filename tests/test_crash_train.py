@@ -236,11 +236,11 @@ def inspect_state(state: Path) -> dict:
         assert len(store.episodes()) == len(PAIRS)
         for f in sorted(state.glob("datasets/*.jsonl")):
             assert all(json.loads(line)["messages"] for line in f.read_text().splitlines())
-        records = {a["adapter_id"]: a for a in store.adapters()}
+        records = {a.adapter_id: a for a in store.adapters()}
         for a in records.values():                                        # a record exists only once whole
-            assert a["steps"] == STEPS and not a["stopped"] and Path(a["gguf"]).is_file(), a
-            assert json.loads((state / "adapters" / a["adapter_id"] / "meta.json").read_text())["steps"] == STEPS
-            weights(Path(a["peft_dir"]))
+            assert a.steps == STEPS and not a.stopped and Path(a.gguf).is_file(), a
+            assert json.loads((state / "adapters" / a.adapter_id / "meta.json").read_text())["steps"] == STEPS
+            weights(Path(a.peft_dir))
         for d in sorted(state.glob("adapters/*")):
             for step, folder in checkpoints(d):
                 load_file(str(folder / "adapter_model.safetensors"))
@@ -308,7 +308,7 @@ def finish_and_compare(zygote, setup, state: Path, tmp: Path, reference: dict, b
         assert resumed == 0, ran.out[-2000:]
     after = inspect_state(state)
     assert after["adapter_id"] is None and aid in after["records"]
-    assert_same_weights(weights(Path(after["records"][aid]["peft_dir"])), reference)
+    assert_same_weights(weights(Path(after["records"][aid].peft_dir)), reference)
     no_leftovers(state / "adapters" / aid)
     return resumed
 

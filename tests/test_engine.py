@@ -17,13 +17,13 @@ def test_cycle_promotes_an_adapter_that_gains_without_regressions(setup):
     replies += [fence(k["bc_901"].solution), "still no idea"]            # day: 901 passes, 902 fails
     replies += [fence(k["bc_900"].solution)]                             # eval with the adapter: 900 passes
     rec = engine.cycle()
-    assert rec["cycle"] == 1 and rec["promoted"] and rec["gains"] == ["bc_900"] and rec["regressions"] == []
-    assert rec["pass_rate_before"] == 0.0 and rec["pass_rate_after"] == 1.0
+    assert rec.cycle == 1 and rec.promoted and rec.gains == ["bc_900"] and rec.regressions == []
+    assert rec.pass_rate_before == 0.0 and rec.pass_rate_after == 1.0
     data = trainer.datasets[0]
     assert {(d["koan_id"], d["provenance"]) for d in data} == {("bc_901", "own_pass"), ("bc_902", "reference")}
     assert all(d["koan_id"] != "bc_900" for d in data)  # the frozen koan never reaches training
-    assert engine.current_adapter()["adapter_id"] == rec["adapter_id"]
-    assert [c["cycle"] for c in engine.store.cycles()] == [0, 1]
+    assert engine.current_adapter().adapter_id == rec.adapter_id
+    assert [c.cycle for c in engine.store.cycles()] == [0, 1]
 
 
 def test_gate_keeps_the_old_model_when_a_koan_regresses(setup):
@@ -33,9 +33,9 @@ def test_gate_keeps_the_old_model_when_a_koan_regresses(setup):
     replies += [fence(k["bc_901"].solution), fence(k["bc_902"].solution)]
     replies += ["forgot everything"]                                    # candidate: fails
     rec = engine.cycle()
-    assert not rec["promoted"] and rec["regressions"] == ["bc_900"] and "dropped" in rec["reason"]
+    assert not rec.promoted and rec.regressions == ["bc_900"] and "dropped" in rec.reason
     assert engine.current_adapter() is None                             # still the base model
-    assert engine.store.adapters()[0]["eval"]["regressions"] == ["bc_900"]
+    assert engine.store.adapters()[0].eval.regressions == ["bc_900"]
 
 
 def _eval(store, run, passed: dict):

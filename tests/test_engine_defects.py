@@ -47,7 +47,7 @@ def test_a_cycle_does_not_switch_an_auto_backend_for_good(koan_dir, tmp_path, mo
     monkeypatch.setattr(engine, "train_base", lambda on_event=None: TrainBase("", "fake", "", ""))
     monkeypatch.setattr(engine_module.adapters, "path_for_backend", lambda meta, name: "adapter.gguf")
     try:
-        assert engine.cycle()["cycle"] == 1
+        assert engine.cycle().cycle == 1
         assert asked == ["embedded"] * 3           # baseline, day and eval all served the embedded model
         assert engine.settings.backend == "auto"   # ... and the engine's settings were left as they were
     finally:
@@ -71,9 +71,9 @@ def test_promote_and_rollback_move_the_gates_baseline_with_the_model(tmp_path):
         assert store.get_value("current_eval_run") is None    # the next cycle evaluates a2 before gating
         assert engine.rollback() == "a1"
         assert store.get_value("current_eval_run") == "eval-of-a1"
-        assert adapters.get(store, "a2")["promoted"] is False  # the record rolled back says so
+        assert adapters.get(store, "a2").promoted is False  # the record rolled back says so
         assert engine.rollback() is None
-        assert store.get_value("current_eval_run") is None and adapters.get(store, "a1")["promoted"] is False
+        assert store.get_value("current_eval_run") is None and adapters.get(store, "a1").promoted is False
     finally:
         engine.close()
 
@@ -170,4 +170,4 @@ def test_a_cycles_day_skips_flagged_koans_too(setup):
     engine.flag_koan("bc_902", "unfair")
     replies += ["no idea", "no idea", "no idea"]   # baseline eval, the day (bc_901 only), the eval
     rec = engine.cycle()
-    assert engine.store.run(rec["day_run_id"])["koan_ids"] == ["bc_901"]
+    assert engine.store.run(rec.day_run_id).koan_ids == ["bc_901"]

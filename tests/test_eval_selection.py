@@ -38,15 +38,15 @@ def test_eval_runs_only_the_named_frozen_koan(home, tmp_path, capsys):
     assert "[1/1] bc_900" in out and "bc_800" not in out
     store = Store(state)
     (r,) = store.runs()
-    assert r["kind"] == "eval" and r["status"] == "done" and r["koan_ids"] == ["bc_900"]
-    assert [e["koan_id"] for e in store.episodes(r["run_id"])] == ["bc_900"]
+    assert r.kind == "eval" and r.status == "done" and r.koan_ids == ["bc_900"]
+    assert [e["koan_id"] for e in store.episodes(r.run_id)] == ["bc_900"]
 
 
 def test_eval_without_koan_runs_the_whole_frozen_set(home, tmp_path, capsys):
     state = tmp_path / "state"
     assert _eval(state) == 0
     (r,) = Store(state).runs()
-    assert r["koan_ids"] == ["bc_800", "bc_900"]
+    assert r.koan_ids == ["bc_800", "bc_900"]
 
 
 @pytest.mark.parametrize("koan, message", [
@@ -72,10 +72,10 @@ def test_a_partial_eval_is_not_the_gates_baseline(home, tmp_path):
     engine = Engine(settings, backend_factory=lambda s, on_notice=None: backend)
     try:
         one = engine.run_agent(engine.eval_koans(["bc_900"]), kind="eval", cycle=0).run_id
-        assert engine.store.run(one)["status"] == "done"
+        assert engine.store.run(one).status == "done"
         baseline = engine.baseline_eval()
         assert baseline != one
-        assert engine.store.run(baseline)["koan_ids"] == ["bc_800", "bc_900"]
+        assert engine.store.run(baseline).koan_ids == ["bc_800", "bc_900"]
         assert engine.baseline_eval() == baseline                # and it is reused, not run again
     finally:
         engine.close()

@@ -1,4 +1,5 @@
 from sleepy_tui.metrics import (compare, cycle_table, koan_outcomes, repeat_error_rate_across, run_metrics)
+from sleepy_tui.records import RunRecord
 
 
 def e(koan, attempt, outcome, sig=None, run="r", family="borrow_checker"):
@@ -42,7 +43,7 @@ def test_cycle_table_reads_eval_runs_only():
     eps = {"e0": [e("a", 1, "pass", run="e0"), e("b", 1, "no_code", "no_code", run="e0")],
            "e1": [e("a", 1, "pass", run="e1"), e("b", 1, "pass", run="e1")],
            "e1b": [e("a", 1, "no_code", "no_code", run="e1b"), e("b", 1, "pass", run="e1b")], "d1": []}
-    rows = cycle_table(runs, lambda r: eps[r])
+    rows = cycle_table([RunRecord.from_dict(r) for r in runs], lambda r: eps[r])
     assert [r.cycle for r in rows] == [0, 1]
     assert rows[1].pass_rates == [1.0, 0.5] and rows[1].pass_rate_mean == 0.75
     assert rows[1].regressions == ["a"] and rows[1].gains == ["b"]

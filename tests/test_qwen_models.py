@@ -49,9 +49,9 @@ def test_each_qwen_model_runs_a_frozen_koan_through_sleepy_eval(name, pulled_mod
     from sleepy_tui.store import Store
     store = Store(state)
     (run,) = store.runs()
-    assert (run["kind"], run["status"], run["backend"], run["model"]) == ("eval", "done", "embedded", name)
-    assert run["koan_ids"] == [KOAN] and run["max_tokens"] == 400
-    (ep,) = store.episodes(run["run_id"])
+    assert (run.kind, run.status, run.backend, run.model) == ("eval", "done", "embedded", name)
+    assert run.koan_ids == [KOAN] and run.max_tokens == 400
+    (ep,) = store.episodes(run.run_id)
     assert (ep["koan_id"], ep["attempt"], ep["backend"], ep["model"]) == (KOAN, 1, "embedded", name)
     assert ep["reply"].strip() and 0 < ep["tokens_out"] <= 400 and ep["tokens_in"] > 100
     assert ep["generation_ms"] > 0

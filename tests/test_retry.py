@@ -95,8 +95,8 @@ def test_the_strategy_is_recorded_on_the_run(corpus, sandbox, store):
     agent = Agent(ScriptedBackend([fence(corpus.koans["bc_901"].solution)]), sandbox, store, Settings(seed=3))
     result = agent.run([corpus.koans["bc_901"]])
     run = store.run(result.run_id)
-    assert run["retry_strategy"]["name"] == "explore" and run["retry_strategy"]["catch_repeats"] is True
-    assert run["seed"] == 3 and run["parallel"] == 1
+    assert run.retry_strategy["name"] == "explore" and run.retry_strategy["catch_repeats"] is True
+    assert run.seed == 3 and run.parallel == 1
     ep = store.episodes(result.run_id)[0]
     assert ep["temperature"] == 0.0 and isinstance(ep["seed"], int)
 
@@ -127,7 +127,7 @@ def test_parallel_keeps_episodes_and_the_store_consistent(many_koans, sandbox, s
         by_koan.setdefault(e["koan_id"], []).append(e["attempt"])
     assert all(sorted(a) == [1, 2] for a in by_koan.values()) and len(by_koan) == 8
     run = store.run(result.run_id)
-    assert run["status"] == "done" and run["total"] == 8 and run["parallel"] == 4
+    assert run.status == "done" and run.total == 8 and run.parallel == 4
 
 
 def test_a_cancelled_parallel_run_keeps_every_finished_koan(many_koans, sandbox, store):
@@ -146,7 +146,7 @@ def test_a_cancelled_parallel_run_keeps_every_finished_koan(many_koans, sandbox,
     assert result.cancelled and 3 <= len(result.results) < 8
     stored = {e["koan_id"] for e in store.episodes(result.run_id)}
     assert set(finished) <= stored and stored == {r.koan_id for r in result.results}
-    assert store.run(result.run_id)["status"] == "cancelled"
+    assert store.run(result.run_id).status == "cancelled"
 
 
 def test_an_in_process_model_runs_one_koan_at_a_time(many_koans, sandbox, store):
@@ -157,7 +157,7 @@ def test_an_in_process_model_runs_one_koan_at_a_time(many_koans, sandbox, store)
     agent = Agent(OneAtATime([fence(WRONG)], cycle=True), sandbox, store, Settings(max_attempts=1, parallel=4),
                   on_event=lambda e: notices.append(e) if e.kind == "Notice" else None)
     result = agent.run(many_koans[:2])
-    assert store.run(result.run_id)["parallel"] == 1
+    assert store.run(result.run_id).parallel == 1
     assert any("one request at a time" in n.message for n in notices)
 
 

@@ -19,7 +19,7 @@ def test_roundtrip_and_reload(tmp_path):
     s.close()
     s2 = Store(tmp_path)
     assert len(s2.episodes()) == 6 and len(s2.episodes("r2")) == 1
-    assert s2.runs()[0]["kind"] == "day"
+    assert s2.runs()[0].kind == "day"
 
 
 def test_unflushed_episodes_are_not_on_disk_but_flushed_ones_are(tmp_path):
@@ -95,7 +95,7 @@ def test_values_and_tables(tmp_path):
     s.save_cycle({"cycle": 1, "x": 1})
     s.save_cycle({"cycle": 1, "x": 2})
     s.flag_koan("bc_001", "ambiguous")
-    assert s.get_value("current_adapter") == "c001" and s.cycles() == [{"cycle": 1, "x": 2}]
+    assert s.get_value("current_adapter") == "c001" and [(c.cycle, c.extra) for c in s.cycles()] == [(1, {"x": 2})]
     assert s.flags()[0]["reason"] == "ambiguous"
 
 
@@ -108,7 +108,7 @@ def test_a_writer_starts_from_the_disk_not_from_what_it_read_before_the_lock(tmp
     other.close()                                 # the lock is free again
     reader.save_run({"run_id": "r2", "status": "done", "started": 2.0})
     reader.close()
-    assert [r["run_id"] for r in Store(tmp_path).runs()] == ["r1", "r2"]
+    assert [r.run_id for r in Store(tmp_path).runs()] == ["r1", "r2"]
 
 
 def test_runs_a_dead_process_left_running_are_marked_interrupted_by_the_next_writer(tmp_path):
@@ -118,10 +118,10 @@ def test_runs_a_dead_process_left_running_are_marked_interrupted_by_the_next_wri
     dead.close()                                  # as if killed: the run never finished
     warnings: list[str] = []
     s = Store(tmp_path, on_warning=warnings.append)
-    assert s.run("r1")["status"] == "running"     # reading alone changes nothing
+    assert s.run("r1").status == "running"     # reading alone changes nothing
     s.save_run({"run_id": "r2", "status": "running", "started": 2.0})
-    assert s.run("r1")["status"] == "interrupted" and "ended before" in s.run("r1")["error"]
-    assert s.run("r2")["status"] == "running"     # this process's own run is live
+    assert s.run("r1").status == "interrupted" and "ended before" in s.run("r1").error
+    assert s.run("r2").status == "running"     # this process's own run is live
     assert any("r1" in w for w in warnings)
     s.close()
-    assert Store(tmp_path).run("r1")["status"] == "interrupted"
+    assert Store(tmp_path).run("r1").status == "interrupted"

@@ -15,15 +15,15 @@ from typing import Iterable
 
 from textual import on, work
 from textual.app import App, SystemCommand
-from textual.binding import Binding
 from textual.message_pump import MessagePump
 from textual.screen import Screen
 from textual.worker import Worker, WorkerState
 
-from ..engine import Engine, EngineError
+from ..engine import AdapterRecord, Engine, EngineError
 from ..koans import Koan
 from ..priority import lower_this_thread
 from ..safe_text import terminal_safe
+from . import keys
 from .errors import explain
 from .messages import (AdapterSaved, CorrectionChecked, CycleDone, DatasetReady, FailuresLoaded, HistoryLoaded,
                        JobEnded, KoanFlagged, ModelsLoaded, StateLoaded, bridge)
@@ -40,10 +40,7 @@ JOB_TITLES = {"run": "Run failed", "train": "Training failed", "state": "Could n
 class SleepyApp(App[int]):
     CSS_PATH = "app.tcss"
     TITLE = "sleepy"
-    BINDINGS = [
-        Binding("question_mark", "help", "Help"),
-        Binding("q", "quit", "Quit"),
-    ]
+    BINDINGS = keys.bindings("anywhere")
 
     def __init__(self, engine: Engine, *, quit_wait_s: float = 5.0) -> None:
         super().__init__()
@@ -73,10 +70,10 @@ class SleepyApp(App[int]):
 
     # ---- header: backend:model, adapter, cycle ------------------------------------------------------------
 
-    def update_status(self, *, adapter: dict | None | str = "keep", cycle: int | None = None,
+    def update_status(self, *, adapter: AdapterRecord | None | str = "keep", cycle: int | None = None,
                       backend: str | None = None) -> None:
         if adapter != "keep":
-            self._adapter_label = adapter["adapter_id"] if isinstance(adapter, dict) else "none"
+            self._adapter_label = adapter.adapter_id if isinstance(adapter, AdapterRecord) else "none"
         if cycle is not None:
             self._cycle = cycle
         if backend is not None:
@@ -276,7 +273,8 @@ class SleepyApp(App[int]):
         yield from super().get_system_commands(screen)
         for title, help_text, action in getattr(screen, "PALETTE", ()):
             yield SystemCommand(title, help_text, getattr(screen, f"action_{action}"))
-        yield SystemCommand("Help", "Keys and how a cycle works (?)", self.action_help)
+        for title, help_text, action in keys.palette("anywhere"):
+            yield SystemCommand(title, help_text, getattr(self, f"action_{action}"))
 
     async def action_quit(self) -> None:
         """Stop the agent and the trainer, wait for them briefly, flush the store, exit."""

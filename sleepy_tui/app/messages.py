@@ -12,6 +12,7 @@ from textual.message import Message
 from textual.worker import WorkerState
 
 from .. import events as ev
+from ..engine import AdapterRecord, CycleRecord, RunRecord
 from .state import FailureItem, StateSnapshot
 
 
@@ -114,13 +115,13 @@ class DatasetReady(Message):
 class AdapterSaved(Message):
     """engine.train() returned: the adapter's store record (not promoted)."""
 
-    def __init__(self, meta: dict) -> None:
+    def __init__(self, meta: AdapterRecord) -> None:
         super().__init__()
         self.meta = meta
 
 
 class CycleDone(Message):
-    def __init__(self, record: dict) -> None:
+    def __init__(self, record: CycleRecord) -> None:
         super().__init__()
         self.record = record
 
@@ -140,7 +141,7 @@ class HistoryLoaded(Message):
 
 
 class FailuresLoaded(Message):
-    def __init__(self, run: dict | None, items: list[FailureItem]) -> None:
+    def __init__(self, run: RunRecord | None, items: list[FailureItem]) -> None:
         super().__init__()
         self.run, self.items = run, items
 

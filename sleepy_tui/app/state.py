@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from ..koans import Corpus, Koan, KoanError
+from ..engine import AdapterRecord, RunRecord
 from ..metrics import CycleRow, KoanOutcome, koan_outcomes, run_metrics, store_cycle_table
 
 
@@ -19,8 +20,8 @@ class StateSnapshot:
     cycle: int = 0
     cycle_rows: list[CycleRow] = field(default_factory=list)
     loss_curve: list[dict] = field(default_factory=list)   # the latest adapter's [{"step", "loss"}]
-    current_adapter: dict | None = None
-    last_run: dict | None = None
+    current_adapter: AdapterRecord | None = None
+    last_run: RunRecord | None = None
     last_outcomes: dict[str, KoanOutcome] = field(default_factory=dict)
     family_rates: dict[str, dict] = field(default_factory=dict)  # family -> {passed, total, rate}
     family_source: str = ""                                      # which run the family rates describe
@@ -39,11 +40,11 @@ def read_state(engine) -> StateSnapshot:
     adapters = store.adapters()
     runs = store.runs()
     last = runs[-1] if runs else None
-    outcomes = koan_outcomes(store.episodes(last["run_id"])) if last else {}
+    outcomes = koan_outcomes(store.episodes(last.run_id)) if last else {}
     if rows:
         family_rates, source = rows[-1].metrics.per_family, f"cycle {rows[-1].cycle} eval"
     elif last:
-        family_rates, source = run_metrics(store.episodes(last["run_id"])).per_family, f"last {last['kind']} run"
+        family_rates, source = run_metrics(store.episodes(last.run_id)).per_family, f"last {last.kind} run"
     else:
         family_rates, source = {}, ""
     warnings = list(store.warnings)
@@ -51,7 +52,7 @@ def read_state(engine) -> StateSnapshot:
         warnings += corpus.errors
     return StateSnapshot(
         corpus=corpus, corpus_error=corpus_error, cycle=engine.current_cycle(), cycle_rows=rows,
-        loss_curve=adapters[-1].get("loss_curve", []) if adapters else [], current_adapter=engine.current_adapter(),
+        loss_curve=adapters[-1].loss_curve if adapters else [], current_adapter=engine.current_adapter(),
         last_run=last, last_outcomes=outcomes, family_rates=family_rates, family_source=source,
         resumable=engine.latest_dataset() is not None, warnings=warnings)
 
@@ -75,20 +76,20 @@ class FailureItem:
         return next((e["code"] for e in reversed(self.episodes) if e.get("code")), "")
 
 
-def read_failures(engine, run_id: str | None) -> tuple[dict | None, list[FailureItem]]:
+def read_failures(engine, run_id: str | None) -> tuple[RunRecord | None, list[FailureItem]]:
     """The failed koans of `run_id` (default: the latest run), in the run's order."""
     store = engine.store
     run = store.run(run_id) if run_id else (store.runs() or [None])[-1]
     if run is None:
         return None, []
-    episodes = store.episodes(run["run_id"])
+    episodes = store.episodes(run.run_id)
     outcomes = koan_outcomes(episodes)
     try:
         koans = engine.corpus().koans
     except KoanError:
         koans = {}
     flagged = {f["koan_id"] for f in store.flags()}
-    order = {kid: i for i, kid in enumerate(run.get("koan_ids", []))}
+    order = {kid: i for i, kid in enumerate(run.koan_ids)}
     items = []
     for kid, outcome in sorted(outcomes.items(), key=lambda kv: order.get(kv[0], len(order))):
         if outcome.passed:

@@ -17,13 +17,13 @@ import contextlib
 import importlib.util
 import json
 import os
-import shutil
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
 from .. import locations
+from ..atomic import write_folder
 from ._loading import ModelCache, quiet
 from .base import Backend, BackendUnavailable, Chunk, GenOptions, Message, register
 
@@ -299,19 +299,17 @@ def embedded_hf_dir(root: str | os.PathLike | None = None) -> Path:
     with quiet(hf=True):
         tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
         model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    tmp = root / f".{out.name}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    tok.save_pretrained(tmp)
-    config = model.config.to_dict()
-    config.pop("quantization_config", None)   # the copy is plain bf16, not GGUF-quantized
-    config.setdefault("architectures", [type(model).__name__])
-    config["torch_dtype"] = config["dtype"] = "bfloat16"
-    tied = bool(config.get("tie_word_embeddings"))
-    state = {k: v.detach().to(torch.bfloat16).contiguous() for k, v in model.state_dict().items()
-             if not (tied and k == "lm_head.weight")}
-    save_file(state, str(tmp / "model.safetensors"), metadata={"format": "pt"})
-    (tmp / "config.json").write_text(json.dumps(config, indent=2, default=str))
-    shutil.rmtree(out, ignore_errors=True)
-    os.replace(tmp, out)
-    return out
+
+    def fill(tmp: Path) -> None:
+        tok.save_pretrained(tmp)
+        config = model.config.to_dict()
+        config.pop("quantization_config", None)   # the copy is plain bf16, not GGUF-quantized
+        config.setdefault("architectures", [type(model).__name__])
+        config["torch_dtype"] = config["dtype"] = "bfloat16"
+        tied = bool(config.get("tie_word_embeddings"))
+        state = {k: v.detach().to(torch.bfloat16).contiguous() for k, v in model.state_dict().items()
+                 if not (tied and k == "lm_head.weight")}
+        save_file(state, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+        (tmp / "config.json").write_text(json.dumps(config, indent=2, default=str))
+
+    return write_folder(out, fill)

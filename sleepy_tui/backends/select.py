@@ -8,16 +8,10 @@ from __future__ import annotations
 import importlib
 from typing import Callable
 
+from ..config import BACKEND_KINDS
 from .base import Backend, BackendUnavailable, Factory, registered
 
-MODULES = {
-    "fake": "fake",
-    "ollama": "ollama_backend",
-    "embedded": "embedded",
-    "transformers": "transformers_backend",
-    "mlx": "mlx_backend",
-    "openai": "openai_backend",
-}
+MODULES = {b.name: b.module for b in BACKEND_KINDS if b.module}
 AUTO_PROBE_TIMEOUT_S = 1.5   # auto asks Ollama this long before falling back to the embedded model
 
 

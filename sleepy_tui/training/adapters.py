@@ -7,9 +7,12 @@ promote or roll back by hand. `meta.json` in each folder mirrors the store's rec
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from pathlib import Path
 
 from ..atomic import write_json
+from ..config import backend_kind
+from ..records import AdapterRecord
 from ..store import Store
 
 
@@ -25,24 +28,27 @@ def adapter_dir(store: Store, adapter_id: str) -> Path:
     return store.dir / "adapters" / adapter_id
 
 
-def record(store: Store, meta: dict) -> None:
-    write_json(adapter_dir(store, meta["adapter_id"]) / "meta.json", meta)
-    store.save_adapter(meta)
+def record(store: Store, meta: AdapterRecord | dict) -> AdapterRecord:
+    """Write an adapter's record to the store and its folder's meta.json (a dict is checked as a record)."""
+    rec = meta if isinstance(meta, AdapterRecord) else AdapterRecord.checked(meta)
+    write_json(adapter_dir(store, rec.adapter_id) / "meta.json", rec.to_dict())
+    store.save_adapter(rec)
+    return rec
 
 
-def get(store: Store, adapter_id: str) -> dict:
+def get(store: Store, adapter_id: str) -> AdapterRecord:
     for a in store.adapters():
-        if a["adapter_id"] == adapter_id:
+        if a.adapter_id == adapter_id:
             return a
     raise AdapterError(f"unknown adapter {adapter_id!r} (see `sleepy adapters list`)")
 
 
-def current(store: Store) -> dict | None:
+def current(store: Store) -> AdapterRecord | None:
     aid = store.get_value("current_adapter")
     return get(store, aid) if aid else None
 
 
-def promote(store: Store, adapter_id: str, reason: str = "by hand") -> dict:
+def promote(store: Store, adapter_id: str, reason: str = "by hand") -> AdapterRecord:
     meta = get(store, adapter_id)
     history = store.get_value("adapter_history", [])
     prev = store.get_value("current_adapter")
@@ -51,10 +57,8 @@ def promote(store: Store, adapter_id: str, reason: str = "by hand") -> dict:
     store.set_value("adapter_history", history)
     store.set_value("current_adapter", adapter_id)
     # the next gate compares against this model's own eval (none yet: the baseline eval finds or runs one)
-    store.set_value("current_eval_run", meta.get("eval_run_id"))
-    meta.update(promoted=True, promoted_reason=reason, promoted_at=time.time())
-    record(store, meta)
-    return meta
+    store.set_value("current_eval_run", meta.eval_run_id)
+    return record(store, replace(meta, promoted=True, promoted_reason=reason, promoted_at=time.time()))
 
 
 def rollback(store: Store) -> str | None:
@@ -67,20 +71,21 @@ def rollback(store: Store) -> str | None:
     store.set_value("adapter_history", history)
     store.set_value("current_adapter", prev)
     # the baseline is the eval of the model that is current again (the base model's: found or run anew)
-    store.set_value("current_eval_run", get(store, prev).get("eval_run_id") if prev else None)
+    store.set_value("current_eval_run", get(store, prev).eval_run_id if prev else None)
     if left:
-        meta = get(store, left)
-        meta.update(promoted=False, rolled_back_at=time.time())
-        record(store, meta)
+        record(store, replace(get(store, left), promoted=False, rolled_back_at=time.time()))
     return prev
 
 
-def path_for_backend(meta: dict | None, backend: str) -> str:
-    """The adapter file or folder a backend loads: GGUF for llama.cpp/Ollama, peft or mlx folder otherwise."""
+def path_for_backend(meta: AdapterRecord | None, backend: str) -> str:
+    """The adapter file or folder a backend loads (config.BACKEND_KINDS: GGUF for llama.cpp and Ollama, the
+    peft or mlx folder for transformers and mlx)."""
     if not meta:
         return ""
-    key = {"embedded": "gguf", "ollama": "gguf", "transformers": "peft_dir", "mlx": "mlx_dir"}.get(backend)
-    path = meta.get(key, "") if key else next((meta[k] for k in ("gguf", "peft_dir", "mlx_dir") if meta.get(k)), "")
+    kind = backend_kind(backend)
+    key = kind.adapter if kind and kind.adapter != "any" else None
+    path = getattr(meta, key) if key else next((getattr(meta, k) for k in ("gguf", "peft_dir", "mlx_dir")
+                                                 if getattr(meta, k)), "")
     if not path:
-        raise AdapterError(f"adapter {meta['adapter_id']} has no {key or 'usable'} form for the {backend} backend")
+        raise AdapterError(f"adapter {meta.adapter_id} has no {key or 'usable'} form for the {backend} backend")
     return path

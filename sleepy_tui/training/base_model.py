@@ -18,9 +18,9 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
 from pathlib import Path
 
+from ..atomic import write_folder
 from .base import TrainingUnavailable
 
 EMBEDDED_MODEL_NAME = "SmolLM2-135M-Instruct"
@@ -144,11 +144,8 @@ def hf_dir_for_gguf(gguf: Path, cache_dir: str | os.PathLike | None = None) -> P
     except Exception as e:  # noqa: BLE001 - unsupported architecture / quantization, broken file
         raise TrainingUnavailable(f"transformers can't read {gguf} ({type(e).__name__}: "
                                   f"{str(e).strip().splitlines()[0] if str(e).strip() else ''})") from None
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.parent / f".tmp-{out.name}-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    try:
+
+    def fill(tmp: Path) -> None:
         tok.save_pretrained(tmp)
         config = model.config.to_dict()
         config.pop("quantization_config", None)     # the copy is plain float32, not GGUF-quantized
@@ -161,13 +158,9 @@ def hf_dir_for_gguf(gguf: Path, cache_dir: str | os.PathLike | None = None) -> P
         save_file(state, str(tmp / "model.safetensors"), metadata={"format": "pt"})
         (tmp / "config.json").write_text(json.dumps(config, indent=2, default=str))
         (tmp / "source.json").write_text(json.dumps({"gguf": str(gguf), "key": gguf_key(gguf)}, indent=2))
-        if _is_model_dir(out) and (out / "tokenizer_config.json").is_file():
-            return out                              # another process wrote it meanwhile: keep theirs
-        shutil.rmtree(out, ignore_errors=True)      # a half-written copy
-        os.replace(tmp, out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return out
+
+    # another process that wrote it meanwhile: theirs stays; a half-written copy (no tokenizer) is replaced
+    return write_folder(out, fill, keep=lambda d: _is_model_dir(d) and (d / "tokenizer_config.json").is_file())
 
 
 def resolve_base(base_model: str = "", cache_dir: str | os.PathLike | None = None) -> str:

@@ -25,6 +25,8 @@ import os
 import re
 from pathlib import Path
 
+from ..atomic import writing
+
 # peft module path inside a decoder layer -> llama.cpp tensor name inside blk.N
 HF_TO_GGUF = {
     "self_attn.q_proj": "attn_q",
@@ -235,25 +237,20 @@ def export_gguf_lora(peft_adapter_dir: str | os.PathLike, out_path: str | os.Pat
     if not tensors:
         raise ExportError(f"{src}: the adapter holds no LoRA weights")
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".tmp-{out.name}-{os.getpid()}")
-    writer = gguf.GGUFWriter(str(tmp), arch=base["arch"])
-    try:
-        writer.add_type(gguf.GGUFType.ADAPTER)
-        writer.add_string(gguf.Keys.Adapter.TYPE, "lora")
-        writer.add_float32(gguf.Keys.Adapter.LORA_ALPHA, alpha)
-        writer.add_name(f"sleepy-tui LoRA ({src.name})")
-        for name, arr in tensors.items():
-            writer.add_tensor(name, arr)
-        writer.write_header_to_file()
-        writer.write_kv_data_to_file()
-        writer.write_tensors_to_file()
-        writer.close()
-        os.replace(tmp, out)
-    except BaseException:
-        writer.close()
-        tmp.unlink(missing_ok=True)
-        raise
+    with writing(out) as tmp:
+        writer = gguf.GGUFWriter(str(tmp), arch=base["arch"])
+        try:
+            writer.add_type(gguf.GGUFType.ADAPTER)
+            writer.add_string(gguf.Keys.Adapter.TYPE, "lora")
+            writer.add_float32(gguf.Keys.Adapter.LORA_ALPHA, alpha)
+            writer.add_name(f"sleepy-tui LoRA ({src.name})")
+            for name, arr in tensors.items():
+                writer.add_tensor(name, arr)
+            writer.write_header_to_file()
+            writer.write_kv_data_to_file()
+            writer.write_tensors_to_file()
+        finally:
+            writer.close()
     return out
 
 

@@ -7,7 +7,6 @@ from rich.console import Group
 from rich.text import Text
 from textual import on
 from textual.app import ComposeResult
-from textual.binding import Binding
 from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.screen import ModalScreen
 from textual.widgets import Button, Static, TextArea
@@ -16,6 +15,7 @@ from textual.widgets.text_area import LanguageDoesNotExist
 from ...koans import Koan
 from ...safe_text import terminal_safe
 from .. import render
+from .. import keys
 from ..messages import CorrectionChecked, JobEnded
 
 
@@ -29,10 +29,7 @@ def rust_editor(code: str) -> TextArea:
 
 
 class CorrectionScreen(ModalScreen[bool]):
-    BINDINGS = [
-        Binding("ctrl+s", "submit", "Check & save", priority=True),
-        Binding("escape", "cancel", "Cancel"),
-    ]
+    BINDINGS = keys.bindings("fix editor")
 
     def __init__(self, koan: Koan, code: str, prompt: list[dict]) -> None:
         super().__init__(id="correction")

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from textual.app import ComposeResult
-from textual.binding import Binding
 from textual.containers import Vertical
 from textual.screen import ModalScreen
 from textual.widgets import Markdown
+
+from .. import keys
 
 HELP = """\
 # sleepy: a small model learns Rust from its own mistakes
@@ -16,34 +17,19 @@ check every attempt; the compiler's errors go into the next attempt (up to the a
 **Sleep**: a LoRA adapter is trained on the verified fixes. **Eval**: the model tries the frozen eval set,
 never trained on. **Gate**: the new adapter is promoted only if the eval does not get worse.
 
-| Key | Where | What |
-|---|---|---|
-| `d` | main | start a day run (the queue's family filter picks the koans) |
-| `e` | main | evaluate on the frozen set |
-| `c` | main | a full cycle: day → sleep → eval → gate |
-| `s` | main | stop the run and the trainer (finished koans are kept) |
-| `t` / `u` | main | start training / resume the stopped training |
-| `r` | main | review the failed koans of the last run |
-| `m` | main | choose the model: the table models, which are pulled, the one in use |
-| `1` `2` `3` | main | Run, Train and Plots tabs |
-| `Enter` | queue | the selected koan's history |
-| `n` / `p` | review | next / previous failure |
-| `r` `e` `f` | review | re-run the koan now, write a fix, flag the koan as bad |
-| `ctrl+s` | fix editor | check the fix with rustc and save it if it passes |
-| `ctrl+p` | anywhere | the command palette: every action by name |
-| `q` | anywhere | quit (running work is stopped first) |
+{keys}
 
 The transcript follows the action; scroll up to read and it stops following, scroll to the bottom to follow
-again. Press `escape` to close this help.
+again.
 """
 
 
 class HelpScreen(ModalScreen[None]):
-    BINDINGS = [Binding("escape", "close", "Close"), Binding("question_mark", "close", "Close", show=False)]
+    BINDINGS = keys.bindings("help")
 
     def compose(self) -> ComposeResult:
         with Vertical(id="help-dialog"):
-            yield Markdown(HELP)
+            yield Markdown(HELP.format(keys=keys.help_table()))
 
     def action_close(self) -> None:
         self.dismiss(None)

@@ -6,18 +6,18 @@ from rich.console import Group
 from rich.text import Text
 from textual import on
 from textual.app import ComposeResult
-from textual.binding import Binding
 from textual.containers import Vertical, VerticalScroll
 from textual.screen import ModalScreen
 from textual.widgets import DataTable, Static
 
 from .. import render
+from .. import keys
 from ...safe_text import terminal_safe
 from ..messages import HistoryLoaded
 
 
 class KoanHistoryScreen(ModalScreen[None]):
-    BINDINGS = [Binding("escape", "close", "Close")]
+    BINDINGS = keys.bindings("koan history")
 
     def __init__(self, koan_id: str) -> None:
         super().__init__(id="history")

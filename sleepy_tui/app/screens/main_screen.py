@@ -9,13 +9,13 @@ from __future__ import annotations
 from rich.text import Text
 from textual import on
 from textual.app import ComposeResult
-from textual.binding import Binding
 from textual.containers import Horizontal
 from textual.screen import Screen
 from textual.widgets import Button, Footer, Header, Input, Select, Static, TabbedContent, TabPane
 
 from ...config import ConfigError
 from .. import messages as msg
+from .. import keys
 from ..state import StateSnapshot
 from ..widgets.koan_queue import KoanQueue, QueueRow
 from ..widgets.plots_panel import PlotsPanel
@@ -37,29 +37,8 @@ SEVERITY = {"info": "information", "warning": "warning", "error": "error"}
 
 
 class MainScreen(Screen):
-    BINDINGS = [
-        Binding("d", "day_run", "Day run"),
-        Binding("e", "eval_run", "Eval"),
-        Binding("c", "cycle", "Cycle"),
-        Binding("s", "stop", "Stop"),
-        Binding("t", "train", "Train"),
-        Binding("u", "resume_training", "Resume", show=False),
-        Binding("r", "review", "Review"),
-        Binding("m", "choose_model", "Model"),
-        Binding("1", "show_tab('run')", "Run tab", show=False),
-        Binding("2", "show_tab('train')", "Train tab", show=False),
-        Binding("3", "show_tab('plots')", "Plots tab", show=False),
-    ]
-    PALETTE = [
-        ("Start a day run", "The model tries every training koan (d)", "day_run"),
-        ("Evaluate on the frozen set", "The model tries the frozen eval koans (e)", "eval_run"),
-        ("Run a full cycle", "day → sleep (train) → eval → gate (c)", "cycle"),
-        ("Stop", "Stop the run and the trainer (s)", "stop"),
-        ("Start training", "Build a dataset of verified fixes and train an adapter (t)", "train"),
-        ("Resume training", "Continue the stopped training from its checkpoint (u)", "resume_training"),
-        ("Review failures", "Step through the failed koans of the last run (r)", "review"),
-        ("Choose model", "The table models: which is pulled, which the next run uses (m)", "choose_model"),
-    ]
+    BINDINGS = keys.bindings("main")
+    PALETTE = keys.palette("main")
 
     def __init__(self, **kwargs) -> None:
         super().__init__(**kwargs)
@@ -108,8 +87,8 @@ class MainScreen(Screen):
             return
         counts = f"{len(corpus.train_set)} train · {len(corpus.eval_set)} eval koans"
         last = self.snapshot.last_run
-        if last and last.get("total"):
-            counts += f" · last {last['kind']} run {last.get('passed', 0)}/{last['total']} passed"
+        if last and last.total:
+            counts += f" · last {last.kind} run {last.passed or 0}/{last.total} passed"
         self._status(f"idle · {counts} · d day run · e eval · c cycle")
 
     def _sync_controls(self) -> None:
@@ -308,13 +287,13 @@ class MainScreen(Screen):
             return
         koans = snap.corpus.koans if snap.corpus else {}
         if snap.last_run:
-            self.last_run_id = snap.last_run["run_id"]
+            self.last_run_id = snap.last_run.run_id
             rows = []
-            for kid in snap.last_run.get("koan_ids", []):
+            for kid in snap.last_run.koan_ids:
                 k, o = koans.get(kid), snap.last_outcomes.get(kid)
                 status = ("passed" if o.passed else "failed") if o else "not run"
                 rows.append(QueueRow(kid, k.family if k else (o.family if o else "?"),
-                                     k.split if k else snap.last_run.get("split", "?"), status,
+                                     k.split if k else snap.last_run.split, status,
                                      o.attempts if o else 0))
         else:
             ordered = sorted(koans.values(), key=lambda k: (k.split != "train", k.id))  # training koans first
@@ -420,20 +399,20 @@ class MainScreen(Screen):
     @on(msg.AdapterSaved)
     def _adapter_saved(self, message: msg.AdapterSaved) -> None:
         meta = message.meta
-        if meta.get("stopped"):
+        if meta.stopped:
             return
-        self.query_one(TrainPanel).log(Text(f"adapter {meta['adapter_id']} saved; not promoted yet: a cycle's "
+        self.query_one(TrainPanel).log(Text(f"adapter {meta.adapter_id} saved; not promoted yet: a cycle's "
                                             "gate (c) promotes it if the frozen eval does not get worse",
                                             style="green"))
-        self.notify(f"Adapter {meta['adapter_id']} trained ({meta['steps']} steps).")
+        self.notify(f"Adapter {meta.adapter_id} trained ({meta.steps} steps).")
         self.app.refresh_state(self)
 
     @on(msg.CycleDone)
     def _cycle_done(self, message: msg.CycleDone) -> None:
         r = message.record
-        verdict = "promoted" if r["promoted"] else "kept out"
-        self.notify(f"Cycle {r['cycle']}: adapter {verdict} ({r['reason']}).",
-                    severity="information" if r["promoted"] else "warning", timeout=12)
+        verdict = "promoted" if r.promoted else "kept out"
+        self.notify(f"Cycle {r.cycle}: adapter {verdict} ({r.reason}).",
+                    severity="information" if r.promoted else "warning", timeout=12)
         self.app.refresh_state(self)
 
     @on(msg.JobEnded)

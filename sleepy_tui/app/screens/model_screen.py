@@ -11,13 +11,13 @@ from __future__ import annotations
 from rich.text import Text
 from textual import on
 from textual.app import ComposeResult
-from textual.binding import Binding
 from textual.containers import Vertical
 from textual.screen import ModalScreen
 from textual.widgets import DataTable, Static
 
 from ...engine import ModelChoice
 from ...safe_text import terminal_safe
+from .. import keys
 from ..messages import JobEnded, ModelsLoaded
 
 HINT = "▶ in use · * default · Enter: use it for the next runs, eval and training · escape closes"
@@ -28,7 +28,7 @@ def _size(n: int) -> str:
 
 
 class ModelScreen(ModalScreen[ModelChoice | None]):
-    BINDINGS = [Binding("escape", "close", "Close")]
+    BINDINGS = keys.bindings("model picker")
 
     def __init__(self) -> None:
         super().__init__(id="models")

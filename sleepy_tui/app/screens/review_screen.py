@@ -6,39 +6,26 @@ from __future__ import annotations
 from rich.text import Text
 from textual import on
 from textual.app import ComposeResult
-from textual.binding import Binding
 from textual.containers import VerticalScroll
 from textual.screen import Screen
 from textual.widgets import Footer, Header, Static
 
 from .. import render
+from .. import keys
 from ..messages import FailuresLoaded, KoanFlagged
 from ..state import FailureItem
+from ...engine import RunRecord
 from .correction_screen import CorrectionScreen
 
 
 class ReviewScreen(Screen[tuple[str, str] | None]):
-    BINDINGS = [
-        Binding("n", "next", "Next"),
-        Binding("p", "previous", "Previous"),
-        Binding("r", "rerun", "Re-run now"),
-        Binding("e", "correct", "Write a fix"),
-        Binding("f", "flag", "Flag bad koan"),
-        Binding("escape", "back", "Back"),
-    ]
-    PALETTE = [
-        ("Next failure", "The next failed koan (n)", "next"),
-        ("Previous failure", "The previous failed koan (p)", "previous"),
-        ("Re-run this koan", "Let the model try this koan again now (r)", "rerun"),
-        ("Write a correction", "Fix the koan yourself; a passing fix becomes training data (e)", "correct"),
-        ("Flag this koan as bad", "Mark the koan as broken or unfair (f)", "flag"),
-        ("Back", "Close the failure review (escape)", "back"),
-    ]
+    BINDINGS = keys.bindings("review")
+    PALETTE = keys.palette("review")
 
     def __init__(self, run_id: str | None) -> None:
         super().__init__(id="review")
         self.run_id = run_id
-        self.run: dict | None = None
+        self.run: RunRecord | None = None
         self.items: list[FailureItem] = []
         self.index = 0
 
@@ -73,8 +60,8 @@ class ReviewScreen(Screen[tuple[str, str] | None]):
         item = self.item
         if item is None:
             return
-        run = self.run or {}
-        where = f"{run.get('kind', '?')} run, cycle {run.get('cycle', 0)}"
+        run = self.run
+        where = f"{run.kind} run, cycle {run.cycle}" if run else "? run"
         flag = "  [flagged as bad]" if item.flagged else ""
         self.query_one("#review-title", Static).update(Text.assemble(
             (f"Failure {self.index + 1} of {len(self.items)}", "bold"),

@@ -6,7 +6,8 @@ from textual.app import ComposeResult
 from textual.containers import Horizontal
 from textual.widgets import Button, Input, Label, Select
 
-from ...config import BACKENDS, Settings
+from ...config import BACKEND_KINDS, Settings
+from .. import keys
 
 
 class RunControls(Horizontal):
@@ -17,12 +18,13 @@ class RunControls(Horizontal):
     def compose(self) -> ComposeResult:
         s = self.settings
         yield Button("Day run", id="day-run", variant="primary", compact=True,
-                     tooltip="The model tries every training koan (d)")
-        yield Button("Eval", id="eval-run", compact=True, tooltip="The model tries the frozen eval set (e)")
-        yield Button("Cycle", id="cycle-run", compact=True, tooltip="day → sleep (train) → eval → gate (c)")
-        yield Button("Stop", id="stop-run", variant="error", compact=True, disabled=True, tooltip="Stop (s)")
-        yield Button("Review", id="review", compact=True, tooltip="Step through the failed koans (r)")
-        backends = [b for b in BACKENDS if b != "fake" or s.backend == "fake"]  # fake is the tests' double
+                     tooltip=keys.tooltip("main", "day_run"))
+        yield Button("Eval", id="eval-run", compact=True, tooltip=keys.tooltip("main", "eval_run"))
+        yield Button("Cycle", id="cycle-run", compact=True, tooltip=keys.tooltip("main", "cycle"))
+        yield Button("Stop", id="stop-run", variant="error", compact=True, disabled=True,
+                     tooltip=keys.tooltip("main", "stop"))
+        yield Button("Review", id="review", compact=True, tooltip=keys.tooltip("main", "review"))
+        backends = [b.name for b in BACKEND_KINDS if b.listed or s.backend == b.name]
         yield Label("backend", classes="control-label")
         yield Select([(b, b) for b in backends], value=s.backend, allow_blank=False, id="backend", compact=True)
         yield Label("model", classes="control-label")

@@ -11,7 +11,9 @@ from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.widgets import Button, Input, Label, ProgressBar, RichLog, Select, Static
 
 from ... import events as ev
-from ...config import TRAIN_BACKENDS, Settings
+from ...config import TRAIN_BACKENDS, Settings, backend_kind
+from ...engine import AdapterRecord
+from .. import keys
 from .metric_plot import MetricPlot
 
 # (Settings field, label, parse, Input type)
@@ -57,11 +59,11 @@ class TrainPanel(Horizontal):
             yield Static("", id="train-problems")
             with Horizontal(id="train-buttons"):
                 yield Button("Start", id="train-start", variant="primary", compact=True,
-                             tooltip="Build a dataset from verified fixes and train a new adapter (t)")
+                             tooltip=keys.tooltip("main", "train"))
                 yield Button("Stop", id="train-stop", variant="error", compact=True, disabled=True,
-                             tooltip="Stop at the next step; a checkpoint is kept (s)")
+                             tooltip=keys.tooltip("main", "stop"))
                 yield Button("Resume", id="train-resume", compact=True,
-                             tooltip="Continue the stopped training from its last checkpoint (u)")
+                             tooltip=keys.tooltip("main", "resume_training"))
         with Vertical(id="train-status"):
             yield ProgressBar(total=s.steps, show_eta=False, id="train-progress")
             yield Static("idle · press Start (t) to train an adapter on the verified fixes", id="train-stats")
@@ -70,7 +72,7 @@ class TrainPanel(Horizontal):
 
     @staticmethod
     def _base_model(s: Settings) -> str:
-        if s.backend in ("transformers", "mlx") and s.model:
+        if (kind := backend_kind(s.backend)) and kind.hf_model and s.model:
             return s.model
         from ...models import display_name, table
         named = s.model if s.model and (table().find(s.model) or s.model.endswith(".gguf")) else ""
@@ -101,8 +103,8 @@ class TrainPanel(Horizontal):
         self.settings = s
         self.query_one("#train-base-model", Static).update(self._base_model(s))
 
-    def show_adapter(self, adapter: dict | None) -> None:
-        self.query_one("#train-adapter", Static).update(adapter["adapter_id"] if adapter else "none (base model)")
+    def show_adapter(self, adapter: AdapterRecord | None) -> None:
+        self.query_one("#train-adapter", Static).update(adapter.adapter_id if adapter else "none (base model)")
 
     def set_running(self, running: bool, blocked: bool = False) -> None:
         """`blocked`: a cycle is training, so the panel's own buttons stay off."""
