@@ -89,6 +89,8 @@ class Settings:
     lora_alpha: int = setting(16, "LoRA alpha", group="train", flag="--alpha")
     lora_dropout: float = setting(0.05, "LoRA dropout")
     target_modules: tuple[str, ...] = setting(("q_proj", "k_proj", "v_proj", "o_proj"), "modules LoRA adapts")
+    lora_layers: int = setting(0, "LoRA on the last N decoder layers only, so the backward stops below them "
+                                  "(0: every layer)", group="train", metavar="N")
     batch_size: int = setting(4, "examples per step", group="train")
     grad_accum: int = setting(1, "micro-batches accumulated per step")
     max_seq_len: int = setting(1024, "tokens per training example")
@@ -132,8 +134,9 @@ class Settings:
                 p.append(f"{name}: must be > 0, got {getattr(self, name)}")
         if not 0.0 <= self.temperature <= 2.0:
             p.append(f"temperature: must be within 0..2, got {self.temperature}")
-        if self.checkpoint_every < 0:
-            p.append(f"checkpoint_every: must be >= 0, got {self.checkpoint_every}")
+        for name in ("checkpoint_every", "lora_layers"):
+            if getattr(self, name) < 0:
+                p.append(f"{name}: must be >= 0, got {getattr(self, name)}")
         for name in ("lora_dropout", "replay_share", "gate_tolerance"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 p.append(f"{name}: must be within 0..1, got {getattr(self, name)}")

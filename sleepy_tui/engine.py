@@ -29,15 +29,16 @@ from .training import adapters
 from .training.adapters import AdapterError
 from .training.base import TrainConfig, Trainer, TrainingUnavailable
 from .training.dataset import DatasetInfo, build_dataset
+from .training.process_trainer import ProcessTrainer, TrainerCrashed
 
 # What the drivers import from here (the engine is their one door): the failures a person is told in one line,
 # and the records the engine hands out.
 USER_ERRORS = (BackendUnavailable, SandboxError, StateError, AdapterError, TrainingUnavailable, KoanError,
-               ConfigError)
+               ConfigError, TrainerCrashed)
 __all__ = ["Engine", "EngineError", "USER_ERRORS", "BackendUnavailable", "SandboxError", "StateError",
            "AdapterError", "TrainingUnavailable", "KoanError", "ConfigError", "DatasetInfo", "CheckResult",
            "CycleRow", "PassAtK", "RunMetrics", "RunResult", "Corpus", "Koan", "ModelChoice", "RunRecord",
-           "CycleRecord", "AdapterRecord", "DatasetRecord", "GateFacts"]
+           "CycleRecord", "AdapterRecord", "DatasetRecord", "GateFacts", "ProcessTrainer", "TrainerCrashed"]
 
 
 

@@ -6,7 +6,7 @@ as messages to the UI thread. Events are small frozen dataclasses; `kind` names 
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Callable
 
 EventSink = Callable[["Event"], None]
@@ -131,3 +131,26 @@ class TrainDone(Event):
 @dataclass(frozen=True)
 class TrainError(Event):
     message: str
+
+
+def from_dict(doc: dict) -> Event:
+    """The event a `to_dict()` document describes (as a trainer process prints it); ValueError if none."""
+    if not isinstance(doc, dict):
+        raise ValueError("an event is a JSON object")
+    cls = _kinds().get(doc.get("kind"))
+    if cls is None:
+        raise ValueError(f"unknown event kind {doc.get('kind')!r}")
+    names = {f.name for f in fields(cls)}
+    try:
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in doc.items() if k in names})
+    except TypeError as e:
+        raise ValueError(f"a {cls.__name__} event without its fields ({e})") from None
+
+
+def _kinds() -> dict[str, type[Event]]:
+    out, todo = {}, list(Event.__subclasses__())
+    while todo:
+        cls = todo.pop()
+        out[cls.__name__] = cls
+        todo += cls.__subclasses__()
+    return out

@@ -10,6 +10,8 @@ import json
 import threading
 from pathlib import Path
 
+import pytest
+
 
 from sleepy_tui import events as ev
 from sleepy_tui.backends.fake import ScriptedBackend
@@ -106,8 +108,8 @@ class FakeTrainer:
 
 def make_app(koan_dir: Path, state: Path, replies: list, trainer: FakeTrainer | None = None, **settings):
     backend = ScriptedBackend(replies)
-    s = Settings(backend="fake", koans_dir=str(koan_dir), state_dir=str(state), max_attempts=2, steps=6,
-                 **settings)
+    s = Settings(**{"backend": "fake", "koans_dir": str(koan_dir), "state_dir": str(state), "max_attempts": 2,
+                    "steps": 6, **settings})
     app = build_app(s, backend_factory=lambda _s, _notice=None: backend,
                     trainer_factory=lambda _s: trainer or FakeTrainer())
     app.animation_level = "none"  # nothing to wait for between key presses
@@ -263,6 +265,48 @@ async def test_training_start_stop_resume_moves_progress_and_loss_plot(koan_dir,
         assert screen.query_one("#train-loss", MetricPlot).x == [1, 2, 3, 4, 5, 6]
         done = app.engine.store.adapters()[-1]
         assert done.adapter_id == stopped.adapter_id and done.stopped is False
+
+
+async def test_the_apps_trainer_is_a_niced_process_that_stop_ends_keeping_its_checkpoint(
+        koan_dir, _isolated_state, tmp_path, pytestconfig, monkeypatch):
+    """The app's default trainer (app_trainer_factory) trains in a child process started from the niced worker;
+    Stop (s) ends that process and keeps the checkpoint it wrote on the way out."""
+    import os
+
+    from fixtures_training import build_tiny_llama, cached_tokenizer
+
+    from sleepy_tui.app.main import app_trainer_factory
+    from sleepy_tui.engine import ProcessTrainer, TrainBase
+    model = build_tiny_llama(tmp_path / "model", cached_tokenizer(pytestconfig, tmp_path / "tokenizer"))
+    trainer = app_trainer_factory(Settings(train_backend="torch"))
+    assert isinstance(trainer, ProcessTrainer)
+    app, _ = make_app(koan_dir, _isolated_state, [], trainer=trainer, steps=500, batch_size=1, max_seq_len=256,
+                      checkpoint_every=0)
+    monkeypatch.setattr(app.engine, "train_base", lambda on_event=None: TrainBase(str(model), "tiny", "", ""))
+    add_correction(app, "bc_901")
+    async with app.run_test(size=(100, 32)) as pilot:
+        await settle(pilot)
+        screen = app.main_screen
+        await pilot.press("t")
+        bar = screen.query_one("#train-progress")
+        for _ in range(1200):                       # the child loads torch and the model, then steps
+            await pilot.pause(0.1)
+            if (bar.progress or 0) >= 2:
+                break
+        assert (bar.progress or 0) >= 2, str(screen.query_one("#train-stats").render())
+        assert trainer.child_nice is not None and trainer.child_nice > os.getpriority(os.PRIO_PROCESS, 0)
+        await pilot.press("s")
+        for _ in range(600):
+            await pilot.pause(0.1)
+            if not app.train_busy:
+                break
+        assert not app.train_busy
+    with pytest.raises(ProcessLookupError):
+        os.kill(trainer.pid, 0)                     # the child has ended (and was reaped)
+    stopped = app.engine.store.adapters()[-1]
+    assert stopped.stopped and 2 <= stopped.steps < 500
+    folder = _isolated_state / "adapters" / stopped.adapter_id / "checkpoints"
+    assert [p.name for p in folder.iterdir() if not p.name.startswith(".")] == [f"step-{stopped.steps:06d}"]
 
 
 async def test_training_settings_are_validated(koan_dir, _isolated_state):

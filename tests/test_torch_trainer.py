@@ -134,11 +134,10 @@ def test_lr_schedule_warms_up_then_decays():
 # ---- one unbroken run ------------------------------------------------------------------------------------------------
 
 def test_loss_falls(unbroken):
-    _, result, _, seconds = unbroken
+    _, result, _, _ = unbroken
     losses = result.losses
     assert len(losses) == STEPS and result.steps == STEPS and not result.stopped
     assert sum(losses[:5]) / 5 > sum(losses[-5:]) / 5 + 1.0
-    assert seconds > 0
 
 
 def test_events_and_run_folder(unbroken):
@@ -412,3 +411,11 @@ def test_accelerate_launch_two_cpu_processes(tiny, tmp_path):
     assert json.loads((out / "train_stats.json").read_text())["useful_tokens"] == 3 * total
     assert (out / "adapter" / "adapter_model.safetensors").is_file()
     assert [s for s, _ in checkpoints(out)] == [3, 6]
+
+
+def test_lora_on_the_last_layers_only(tiny, tmp_path):
+    """lora_layers=1 on the 2-layer model: adapter weights for layer 1 alone, and the loss still falls."""
+    result = _train(tiny, tmp_path / "run", resume=False, steps=12, checkpoint_every=0, lora_layers=1)
+    names = _adapter_weights(result.adapter_dir).keys()
+    assert names and all(".layers.1." in n for n in names), sorted(names)
+    assert sum(result.losses[-3:]) < sum(result.losses[:3])

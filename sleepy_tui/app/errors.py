@@ -5,7 +5,7 @@ from __future__ import annotations
 
 def explain(exc: BaseException | None) -> str:
     from ..engine import (AdapterError, BackendUnavailable, ConfigError, EngineError, KoanError, SandboxError,
-                          TrainingUnavailable)
+                          TrainerCrashed, TrainingUnavailable)
 
     if exc is None:
         return "unknown error"
@@ -13,6 +13,8 @@ def explain(exc: BaseException | None) -> str:
         return f"Model backend unavailable: {exc}"
     if isinstance(exc, TrainingUnavailable):
         return f"Training unavailable: {exc}"
+    if isinstance(exc, TrainerCrashed):
+        return f"Training failed: {exc}"
     if isinstance(exc, SandboxError):
         return f"Cannot check Rust code: {exc}"
     if isinstance(exc, KoanError):

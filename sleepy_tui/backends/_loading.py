@@ -69,3 +69,26 @@ def quiet(hf: bool = False) -> Iterator[None]:
             yield
         finally:
             tlog.set_verbosity(level)
+
+
+def save_plain_copy(tok, model, folder, dtype: str, **config_extra) -> None:
+    """Write a transformers model loaded from a GGUF as a plain Hugging Face folder in `dtype` ("float32" or
+    "bfloat16"): tokenizer, config without the GGUF quantization, one safetensors file (a tied lm_head left out)."""
+    import json
+    from pathlib import Path
+
+    import torch
+    from safetensors.torch import save_file
+    folder = Path(folder)
+    tok.save_pretrained(folder)
+    config = model.config.to_dict()
+    config.pop("quantization_config", None)     # the copy is plain, not GGUF-quantized
+    config.setdefault("architectures", [type(model).__name__])
+    config["torch_dtype"] = config["dtype"] = dtype
+    config.update(config_extra)
+    tied = bool(config.get("tie_word_embeddings"))
+    to = getattr(torch, dtype)
+    state = {k: v.detach().to(to).contiguous() for k, v in model.state_dict().items()
+             if not (tied and k == "lm_head.weight")}
+    save_file(state, str(folder / "model.safetensors"), metadata={"format": "pt"})
+    (folder / "config.json").write_text(json.dumps(config, indent=2, default=str))

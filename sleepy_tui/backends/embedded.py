@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
-import json
 import os
 import threading
 from dataclasses import dataclass, field
@@ -24,7 +23,7 @@ from typing import Iterator
 
 from .. import locations
 from ..atomic import write_folder
-from ._loading import ModelCache, quiet
+from ._loading import ModelCache, quiet, save_plain_copy
 from .base import Backend, BackendUnavailable, Chunk, GenOptions, Message, register
 
 EMBEDDED_MODEL_NAME = "SmolLM2-135M-Instruct"
@@ -293,23 +292,9 @@ def embedded_hf_dir(root: str | os.PathLike | None = None) -> Path:
     out = root / f"{EMBEDDED_MODEL_NAME}-hf"
     if (out / "config.json").is_file() and (out / "model.safetensors").is_file():
         return out
-    import torch
-    from safetensors.torch import save_file
     from transformers import AutoModelForCausalLM, AutoTokenizer
     with quiet(hf=True):
         tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
         model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
 
-    def fill(tmp: Path) -> None:
-        tok.save_pretrained(tmp)
-        config = model.config.to_dict()
-        config.pop("quantization_config", None)   # the copy is plain bf16, not GGUF-quantized
-        config.setdefault("architectures", [type(model).__name__])
-        config["torch_dtype"] = config["dtype"] = "bfloat16"
-        tied = bool(config.get("tie_word_embeddings"))
-        state = {k: v.detach().to(torch.bfloat16).contiguous() for k, v in model.state_dict().items()
-                 if not (tied and k == "lm_head.weight")}
-        save_file(state, str(tmp / "model.safetensors"), metadata={"format": "pt"})
-        (tmp / "config.json").write_text(json.dumps(config, indent=2, default=str))
-
-    return write_folder(out, fill)
+    return write_folder(out, lambda tmp: save_plain_copy(tok, model, tmp, "bfloat16"))

@@ -32,6 +32,7 @@ class TrainConfig:
     lora_alpha: int = 16
     lora_dropout: float = 0.05
     target_modules: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj")
+    lora_layers: int = 0                 # 0: every decoder layer; N: the last N only (the backward stops below)
     batch_size: int = 4
     grad_accum: int = 1
     max_seq_len: int = 1024
@@ -43,7 +44,8 @@ class TrainConfig:
     @classmethod
     def from_settings(cls, s, **overrides) -> "TrainConfig":
         base = dict(steps=s.steps, learning_rate=s.learning_rate, lora_rank=s.lora_rank, lora_alpha=s.lora_alpha,
-                    lora_dropout=s.lora_dropout, target_modules=tuple(s.target_modules), batch_size=s.batch_size,
+                    lora_dropout=s.lora_dropout, target_modules=tuple(s.target_modules), lora_layers=s.lora_layers,
+                    batch_size=s.batch_size,
                     grad_accum=s.grad_accum, max_seq_len=s.max_seq_len, seed=s.seed, precision=s.precision,
                     checkpoint_every=s.checkpoint_every)
         base.update(overrides)

@@ -132,10 +132,9 @@ def hf_dir_for_gguf(gguf: Path, cache_dir: str | os.PathLike | None = None) -> P
         return done
     out = _conversion_dir(gguf, cache_dir)
     import torch
-    from safetensors.torch import save_file
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from ..backends._loading import quiet
+    from ..backends._loading import quiet, save_plain_copy
     try:
         with quiet(hf=True):
             tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
@@ -146,17 +145,7 @@ def hf_dir_for_gguf(gguf: Path, cache_dir: str | os.PathLike | None = None) -> P
                                   f"{str(e).strip().splitlines()[0] if str(e).strip() else ''})") from None
 
     def fill(tmp: Path) -> None:
-        tok.save_pretrained(tmp)
-        config = model.config.to_dict()
-        config.pop("quantization_config", None)     # the copy is plain float32, not GGUF-quantized
-        config.setdefault("architectures", [type(model).__name__])
-        config["torch_dtype"] = config["dtype"] = "float32"
-        config["_source_gguf"] = str(gguf)
-        tied = bool(config.get("tie_word_embeddings"))
-        state = {k: v.detach().to(torch.float32).contiguous() for k, v in model.state_dict().items()
-                 if not (tied and k == "lm_head.weight")}
-        save_file(state, str(tmp / "model.safetensors"), metadata={"format": "pt"})
-        (tmp / "config.json").write_text(json.dumps(config, indent=2, default=str))
+        save_plain_copy(tok, model, tmp, "float32", _source_gguf=str(gguf))
         (tmp / "source.json").write_text(json.dumps({"gguf": str(gguf), "key": gguf_key(gguf)}, indent=2))
 
     # another process that wrote it meanwhile: theirs stays; a half-written copy (no tokenizer) is replaced

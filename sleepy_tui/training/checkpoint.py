@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Callable
 
 from ..atomic import remove_leftovers, write_folder
+from .base import TrainConfig
 
 CHECKPOINTS = "checkpoints"
 ADAPTER = "adapter"
@@ -67,8 +68,9 @@ def prepare(out_dir: Path, resume: bool) -> None:
 def resume_problems(saved: dict, config_now: dict, data_hash: str) -> list[str]:
     """Why the checkpoint state `saved` can't continue with this config and dataset (empty: it can)."""
     before = saved.get("config") or {}
-    diffs = [f"{k}: {before.get(k)!r} -> {v!r}" for k, v in config_now.items()
-             if k not in RESUME_FREE and before.get(k) != v]
+    default = TrainConfig().to_dict()          # a setting newer than the checkpoint: it had the default
+    diffs = [f"{k}: {before.get(k, default.get(k))!r} -> {v!r}" for k, v in config_now.items()
+             if k not in RESUME_FREE and before.get(k, default.get(k)) != v]
     if saved.get("dataset_sha256") != data_hash:
         diffs.append("the dataset changed")
     return diffs

@@ -326,8 +326,11 @@ class _Run:
         _check_targets(model, config.target_modules)
         model.config.use_cache = False
         torch.manual_seed(config.seed)                       # fixes the LoRA initialisation
+        layers = model.config.num_hidden_layers
+        last = range(layers - config.lora_layers, layers) if 0 < config.lora_layers < layers else None
         lora = LoraConfig(r=config.lora_rank, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
-                          target_modules=list(config.target_modules), bias="none", task_type="CAUSAL_LM")
+                          target_modules=list(config.target_modules), bias="none", task_type="CAUSAL_LM",
+                          layers_to_transform=list(last) if last else None)
         self.peft_model = get_peft_model(model, lora, autocast_adapter_dtype=True)   # adapter weights float32
         torch.manual_seed(config.seed + 7919 * par.rank)     # the dropout stream, one per process
         self.peft_model.train()
@@ -585,6 +588,24 @@ def _versions() -> dict:
     return out
 
 
+PARENT_ENV = "SLEEPY_TRAINER_PARENT"     # the pid of the process that started this one (process_trainer.py)
+
+
+def _term_with_parent() -> None:
+    """SIGTERM to this process when the thread that started it ends (Linux; elsewhere nothing)."""
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+    import signal
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGTERM), 0, 0, 0)    # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    parent = os.environ.get(PARENT_ENV, "")
+    if parent.isdigit() and os.getppid() != int(parent):   # it ended before the request took effect
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
 # ---- command line (for `accelerate launch -m sleepy_tui.training.torch_trainer ...`) ---------------------------------
 
 def main(argv: list[str] | None = None) -> int:
@@ -598,6 +619,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-resume", action="store_true", help="start over instead of resuming the latest checkpoint")
     ap.add_argument("--cache-dir", type=Path, default=None, help="where a GGUF base's float32 copy is kept")
     ap.add_argument("--threads", type=int, default=0, help="CPU threads (default: every CPU)")
+    ap.add_argument("--die-with-parent", action="store_true",
+                    help="stop (checkpoint and end) when the process or thread that started this one ends")
     defaults = TrainConfig()
     for f in dataclasses.fields(TrainConfig):
         value = getattr(defaults, f.name)
@@ -612,6 +635,8 @@ def main(argv: list[str] | None = None) -> int:
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):          # first signal: checkpoint and stop; the run resumes later
         signal.signal(sig, lambda *_: stop.set())
+    if args.die_with_parent:
+        _term_with_parent()
 
     def on_event(e: ev.Event) -> None:
         print(json.dumps(e.to_dict(), default=str), flush=True)
