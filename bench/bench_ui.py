@@ -1,23 +1,27 @@
-"""UI responsiveness: key press to screen update, p50 and p99, idle against the agent and the trainer both running.
+"""UI responsiveness: key press to screen update, p50 and p99, idle against the agent and the trainer both running;
+and what the app costs the work beside it.
 
 The app is built with build_app over a tmp state dir and the real koans, and driven with Textual's Pilot
-(`app.run_test(size=(100, 32))`). One run, two phases with the same key presses (tabs 1/2/3, moving in the koan
-queue): first the idle app (the baseline), then with a day run streaming tokens (the embedded SmolLM2 through
-llama.cpp, or `--backend fake`: a scripted backend streaming 4 characters every 10 ms) and a real trainer
-training a tiny random llama (TorchTrainer when sleepy_tui.training.torch_trainer exists, else MlxTrainer).
+(`app.run_test(size=(100, 32))`). Phases, with the same key presses (tabs 1/2/3, moving in the koan queue):
+1. the idle app (the baseline);
+2. with a day run streaming tokens (the default embedded model through llama.cpp, or `--backend fake`: a
+   scripted backend streaming 4 characters every 10 ms) and the app's own trainer (a child process,
+   training/process_trainer.py) training a tiny random llama;
+3. the same load with nobody pressing keys: tokens/s and steps/s while the app is idle;
+4. after the app has closed, the same work with no app (the engine's day run and the CLI's trainer, as
+   `sleepy day` and `sleepy train` run them): its tokens/s and steps/s are the baseline of phase 3.
 
-What is timed, per press: from handing the key to the app (as `pilot.press` does: a Key event through the
-driver) to the first frame the screen renders that shows its effect (the new tab's pane is on screen, the
-queue's cursor is on the next row); the frame is caught where the screen hands its update to the app
-(`App._display`), so Textual's 60 fps update throttle is counted. `await pilot.press(key); await pilot.pause()`
-is timed as well, for a few presses, but it is not the latency: Pilot waits for the *process* to look idle
-(process CPU time over 20 ms sleeps, up to 1 s per wait), which never happens while the agent and the trainer run
-threads in the same process, and it also waits for animations.
+What is timed, per press: from posting the key to the app (`App.post_message`, as `App.simulate_key` does) to
+the first screen update that shows its effect, caught with public hooks only: `call_after_refresh` (runs after
+the screen has been refreshed) checks `Widget.is_on_screen` (the new tab's pane was in the last update) or the
+queue's cursor row; so Textual's 60 fps update throttle is counted. `await pilot.press(key); await pilot.pause()`
+is timed as well, for a few presses, but it is not the latency: Pilot waits for the *process* to look idle,
+which never happens while the agent runs in the same process, and it also waits for animations.
 
-Also reported: how long the key waited in the app's queue before being handled, the event loop's lag (a 5 ms
-sleep's overshoot), how many TokenStreamed and TrainStep messages arrived while measuring (proof that both were
-running), and any error the trainer or the run reported (then nothing is recorded and the exit status is 1).
-usage: python bench/bench_ui.py [--quick] [--backend embedded|fake] [--presses N] [--pilot-presses N]
+Also reported: how long the key waited in the app's queue before being handled (run_test's message_hook), the
+event loop's lag (a 5 ms sleep's overshoot), and any error the trainer or the run reported (then nothing is
+recorded and the exit status is 1).
+usage: python bench/bench_ui.py [--quick] [--backend embedded|fake] [--presses N] [--pilot-presses N] [--idle-s S]
 """
 
 from __future__ import annotations
@@ -37,7 +41,10 @@ from pathlib import Path
 
 from common import ROOT, record, table
 
-GOAL_MS = 50.0
+GOAL_MS = 50.0          # p99 under load
+GOAL_MAX_MS = 150.0     # the slowest press under load
+GOAL_TAB_IDLE_MS = 30.0  # p99 of a tab switch, idle
+GOAL_THROUGHPUT = 0.9   # the work beside the idle app against the same work with no app
 ROUND = ("2", "3", "1", "down", "down", "up", "up")   # tabs, then the koan queue (net zero: the cursor comes back)
 TAB_OF = {"1": "run", "2": "train", "3": "plots"}
 
@@ -71,12 +78,20 @@ def tiny_model_dir() -> Path:
     return out
 
 
-def real_trainer():
-    if importlib.util.find_spec("sleepy_tui.training.torch_trainer") is not None:
-        from sleepy_tui.training.torch_trainer import TorchTrainer
-        return TorchTrainer()
-    from sleepy_tui.training.mlx_trainer import MlxTrainer
-    return MlxTrainer()
+def app_trainer():
+    """The trainer the app uses: torch in a child process (MLX in process where torch is absent)."""
+    from sleepy_tui.app.main import app_trainer_factory
+    from sleepy_tui.config import Settings
+    if importlib.util.find_spec("torch") is not None:
+        return app_trainer_factory(Settings(train_backend="torch"))
+    return app_trainer_factory(Settings(train_backend="mlx"))
+
+
+def cli_trainer():
+    """The trainer `sleepy train` uses (in process)."""
+    from sleepy_tui.config import Settings
+    from sleepy_tui.engine import default_trainer_factory
+    return default_trainer_factory(Settings(train_backend="torch" if importlib.util.find_spec("torch") else "mlx"))
 
 
 class TinyModelTrainer:
@@ -107,7 +122,7 @@ def scripted_replies(koans) -> list[str]:
 # ---- measuring ------------------------------------------------------------------------------------------------
 
 class Probe:
-    """Counts the messages the app handles and catches the frames the main screen renders."""
+    """Counts the messages the app handles and tells when a screen update shows a key's effect."""
 
     def __init__(self):
         self.app = None
@@ -115,8 +130,6 @@ class Probe:
         self.errors: list[str] = []
         self.ended: list[str] = []          # jobs that ended, with how
         self.key_handled: dict[int, float] = {}
-        self.waiter: tuple | None = None    # (predicate, future)
-        self.frames = 0
 
     def hook(self, message) -> None:        # run_test(message_hook=...): every message any pump handles
         name = type(message).__name__
@@ -134,16 +147,49 @@ class Probe:
 
     def attach(self, app) -> None:
         self.app = app
-        display = app._display
 
-        def watched(screen, renderable) -> None:    # the screen hands a rendered update to the driver
-            display(screen, renderable)
-            if renderable is None:
+    def shown(self, done) -> "asyncio.Future[float]":
+        """A future set to the time of the first screen refresh after which `done()` holds. The check runs in
+        `call_after_refresh` (public: after the screen has been refreshed); if it doesn't hold yet, it looks again
+        after the next refresh, or in 1 ms when nothing is left to refresh (so it never spins the event loop)."""
+        loop = asyncio.get_running_loop()
+        fut = loop.create_future()
+
+        def check() -> None:
+            if fut.done():
                 return
-            self.frames += 1
-            if self.waiter and not self.waiter[1].done() and self.waiter[0]():
-                self.waiter[1].set_result(time.perf_counter())
-        app._display = watched
+            if done():
+                fut.set_result(time.perf_counter())
+            else:
+                loop.call_later(0.001, lambda: fut.done() or self.app.call_after_refresh(check))
+        self.app.call_after_refresh(check)
+        return fut
+
+
+class GcPauses:
+    """Every garbage collection in this process: (start, seconds, generation), to tell its pauses from the rest."""
+
+    def __init__(self):
+        self.pauses: list[tuple[float, float, int]] = []
+        self._t0 = 0.0
+
+    def __call__(self, phase: str, info: dict) -> None:
+        if phase == "start":
+            self._t0 = time.perf_counter()
+        else:
+            self.pauses.append((self._t0, time.perf_counter() - self._t0, info["generation"]))
+
+    def within(self, t0: float, t1: float) -> float:
+        return sum(d for s, d, _ in self.pauses if t0 <= s <= t1)
+
+    def summary(self, t0: float, t1: float) -> str:
+        inside = [(d, g) for s, d, g in self.pauses if t0 <= s <= t1]
+        full = [d for d, g in inside if g == 2]
+        return (f"{len(inside)} collections, {len(full)} full; longest {ms(max((d for d, _ in inside), default=0))} "
+                f"ms, full ones up to {ms(max(full, default=0))} ms")
+
+
+GC = GcPauses()
 
 
 class LoopLag:
@@ -173,27 +219,27 @@ class LoopLag:
 
 
 def send_key(app, key: str):
-    """What pilot.press does before its waits: a Key event through the driver."""
+    """A key press, as App.simulate_key posts it (with its character, as a terminal sends it)."""
     from textual import events
     event = events.Key(key, key if len(key) == 1 else None)
-    event.set_sender(app)
-    app._driver.send_message(event)
+    app.post_message(event)
     return event
 
 
 async def ensure_focus(pilot, probe: "Probe", table) -> None:
-    """Focus the queue (switching tabs away hides it and moves the focus), untimed: wait for two frames (the footer
-    rebuilds its keys when the focus moves) and at least 0.1 s."""
+    """Focus the queue (switching tabs away hides it and moves the focus), untimed: wait for a refresh after it
+    (the footer rebuilds its keys when the focus moves) and at least 0.1 s."""
     if pilot.app.focused is not table:
         table.focus()
-        frames, t_end = probe.frames + 2, time.monotonic() + 3
         await asyncio.sleep(0.1)
-        while probe.frames < frames and time.monotonic() < t_end:
-            await asyncio.sleep(0.01)
+        try:
+            await asyncio.wait_for(probe.shown(lambda: True), 3)
+        except asyncio.TimeoutError:
+            pass
 
 
 async def measure(pilot, probe: Probe, n: int, n_pilot: int, rng: random.Random) -> dict:
-    """n presses timed key->frame, then n_pilot timed as pilot.press + pilot.pause."""
+    """n presses timed key->screen update, then n_pilot timed as pilot.press + pilot.pause."""
     from textual.widgets import DataTable, TabbedContent
     app = pilot.app
     screen = app.main_screen
@@ -203,14 +249,13 @@ async def measure(pilot, probe: Probe, n: int, n_pilot: int, rng: random.Random)
         await pilot.press("1")
     await ensure_focus(pilot, probe, table)
     lag = LoopLag()
-    latencies, queued, timeouts = [], [], 0
+    latencies, queued, timeouts, slow = [], [], 0, []
     by_kind: dict[str, list[float]] = {"tab": [], "queue": []}
-    loop = asyncio.get_running_loop()
     for i in range(-len(ROUND), n):  # one round first, untimed: the first showing of a tab builds its widgets
         key = ROUND[i % len(ROUND)]
         if i == 0:
             lag.start()
-            before, frames0 = dict(probe.counts), probe.frames
+            before = dict(probe.counts)
             t_start = time.perf_counter()
         if key in TAB_OF:
             tab = TAB_OF[key]
@@ -219,26 +264,23 @@ async def measure(pilot, probe: Probe, n: int, n_pilot: int, rng: random.Random)
                 continue
 
             def done(tab=tab, pane=pane):
-                return tabs.active == tab and pane in screen._compositor.visible_widgets
+                return tabs.active == tab and pane.is_on_screen
         else:
             await ensure_focus(pilot, probe, table)
             target = table.cursor_row + (1 if key == "down" else -1)
 
             def done(target=target):
                 return table.cursor_row == target
-        fut = loop.create_future()
-        probe.waiter = (done, fut)
         probe.key_handled.clear()
         t0 = time.perf_counter()
         event = send_key(app, key)
         try:
-            t1 = await asyncio.wait_for(fut, 10)
+            t1 = await asyncio.wait_for(probe.shown(done), 10)
         except asyncio.TimeoutError:
             timeouts += i >= 0
-            probe.waiter = None
             continue
-        probe.waiter = None
         if i >= 0:
+            slow.append((t1 - t0, key, GC.within(t0, t1)))
             latencies.append(t1 - t0)
             by_kind["tab" if key in TAB_OF else "queue"].append(t1 - t0)
             if id(event) in probe.key_handled:
@@ -254,12 +296,24 @@ async def measure(pilot, probe: Probe, n: int, n_pilot: int, rng: random.Random)
         await pilot.pause()
         pilot_times.append(time.perf_counter() - t0)
     wall = time.perf_counter() - t_start
-    fps = (probe.frames - frames0) / wall
     lags = await lag.stop()
     probe.key_handled.clear()
     counts = {k: probe.counts.get(k, 0) - before.get(k, 0) for k in ("TokenStreamed", "TrainStep")}
     return {"lat": latencies, "by_kind": by_kind, "queued": queued, "timeouts": timeouts, "pilot": pilot_times,
-            "lag": lags, "wall": wall, "fps": fps, **counts}
+            "lag": lags, "wall": wall, "slow": sorted(slow, reverse=True)[:5],
+            "gc": GC.summary(t_start, t_start + wall), **counts}
+
+
+async def idle_throughput(probe: Probe, seconds: float) -> dict:
+    """The load's events over `seconds` with nobody pressing keys."""
+    before, t0 = dict(probe.counts), time.perf_counter()
+    await asyncio.sleep(seconds)
+    wall = time.perf_counter() - t0
+    return {"wall": wall, **{k: probe.counts.get(k, 0) - before.get(k, 0) for k in ("TokenStreamed", "TrainStep")}}
+
+
+def rate(d: dict, kind: str) -> float:
+    return d[kind] / d["wall"] if d.get("wall") else float("nan")
 
 
 def pct(xs: list[float], q: float) -> float:
@@ -285,32 +339,56 @@ async def wait_for(cond, timeout: float, probe: Probe) -> bool:
     return cond()
 
 
-async def run(args, state: Path) -> tuple[dict, dict, dict]:
-    from sleepy_tui.app.main import build_app
+class Captured:
+    """A backend factory that keeps the backend it made (to say which model ran)."""
+
+    def __init__(self, inner):
+        self.inner, self.backend = inner, None
+
+    def __call__(self, settings, notice=None):
+        self.backend = self.inner(settings, notice)
+        return self.backend
+
+
+def setup(args, state: Path):
     from sleepy_tui.config import Settings
+    from sleepy_tui.engine import default_backend_factory
     from sleepy_tui.koans import load_corpus
 
-    corpus = load_corpus(ROOT / "koans")
-    train = corpus.select(split="train")
-    inner = real_trainer()
-    trainer = TinyModelTrainer(inner, tiny_model_dir(), batch_size=2 if args.quick else 4,
-                               max_seq_len=512 if args.quick else 1024)
-    info = {"trainer": inner.name, "backend": args.backend, "koans": len(train)}
+    train = load_corpus(ROOT / "koans").select(split="train")
     if args.backend == "fake":
         from sleepy_tui.backends.fake import ScriptedBackend
         backend = ScriptedBackend(scripted_replies(train), chunk_size=4, delay_s=0.01, cycle=True)
         settings = Settings(backend="fake", koans_dir=str(ROOT / "koans"), state_dir=str(state), max_attempts=2)
-        factory = {"backend_factory": lambda _s, _notice=None: backend}
+        factory = Captured(lambda _s, _notice=None: backend)
     else:
-        from sleepy_tui.backends.embedded import default_threads
         settings = Settings(backend="embedded", koans_dir=str(ROOT / "koans"), state_dir=str(state))
-        factory = {}
-        info["llama_threads"] = default_threads()
-    app = build_app(settings, trainer_factory=lambda _s: trainer, **factory)
-    for k in train[:16]:  # verified fixes, so that the trainer has a dataset without waiting for a day run
-        app.engine.store.add_correction({"correction_id": f"{k.id}-bench", "koan_id": k.id, "code": k.solution,
-                                         "passed": True, "prompt": None, "time": 0})
-    app.engine.store.flush()
+        factory = Captured(default_backend_factory)
+    return train, settings, factory
+
+
+def add_fixes(engine, train) -> None:
+    """Verified fixes, so that the trainer has a dataset without waiting for a day run."""
+    for k in train[:16]:
+        engine.store.add_correction({"correction_id": f"{k.id}-bench", "koan_id": k.id, "code": k.solution,
+                                     "passed": True, "prompt": None, "time": 0})
+    engine.store.flush()
+
+
+def tiny(trainer, args) -> TinyModelTrainer:
+    return TinyModelTrainer(trainer, tiny_model_dir(), batch_size=2 if args.quick else 4,
+                            max_seq_len=512 if args.quick else 1024)
+
+
+async def run(args, state: Path) -> tuple[dict, dict, dict, dict]:
+    from sleepy_tui.app.main import build_app
+
+    train, settings, factory = setup(args, state)
+    inner = app_trainer()
+    trainer = tiny(inner, args)
+    info = {"trainer": f"{inner.name} ({type(inner).__name__})", "backend": args.backend, "koans": len(train)}
+    app = build_app(settings, trainer_factory=lambda _s: trainer, backend_factory=factory)
+    add_fixes(app.engine, train)
     probe = Probe()
     rng = random.Random(0)
     try:
@@ -330,11 +408,10 @@ async def run(args, state: Path) -> tuple[dict, dict, dict]:
                 probe.errors.append(f"the agent streamed no token within {args.start_timeout:.0f} s")
             if not training:
                 probe.errors.append(f"the trainer made no step within {args.start_timeout:.0f} s")
-            if "torch" in sys.modules:
-                import torch
-                info["torch_threads"] = torch.get_num_threads()
+            info["trainer_nice"] = getattr(inner, "child_nice", None)
             ended_before = len(probe.ended)
             loaded = await measure(pilot, probe, args.presses, args.pilot_presses, rng)
+            app_idle = await idle_throughput(probe, args.idle_s)
             info["ended_while_measuring"] = probe.ended[ended_before:]
             app.stop_jobs()
             t0 = time.perf_counter()
@@ -344,11 +421,62 @@ async def run(args, state: Path) -> tuple[dict, dict, dict]:
                 probe.errors.append("the run or the trainer did not stop within 120 s")
             info["stop_s"] = time.perf_counter() - t0
             await pilot.pause()
-            info["frames"] = probe.frames
     finally:
         app.engine.close()
+    info["quiet_gc"] = list(app.collector.durations)
+    info["quiet_gc_freed"] = list(app.collector.freed)
+    info["model"] = factory.backend.describe() if factory.backend is not None else "?"
     info["errors"] = probe.errors
-    return idle, loaded, info
+    return idle, loaded, app_idle, info
+
+
+def without_app(args, state: Path, seconds: float, start_timeout: float) -> dict:
+    """The same work with no app: the engine's day run in this process and the trainer in a process of its own at
+    the nice value it starts with, as `sleepy day` and `sleepy train` run in two terminals."""
+    import threading
+
+    from sleepy_tui.engine import Engine
+
+    train, settings, factory = setup(args, state)
+    inner = app_trainer()
+    engine = Engine(settings, backend_factory=factory, trainer_factory=lambda _s: tiny(inner, args))
+    add_fixes(engine, train)
+    counts = {"TokenStreamed": 0, "TrainStep": 0}
+    errors: list[str] = []
+    cancel, stop = threading.Event(), threading.Event()
+
+    def sink(e) -> None:
+        if e.kind in counts:
+            counts[e.kind] += 1
+
+    def day() -> None:
+        try:
+            engine.run_agent(engine.day_koans(), kind="day", on_event=sink, cancel=cancel)
+        except Exception as e:      # noqa: BLE001 - reported, the measurement is then void
+            errors.append(f"day: {e}")
+
+    def sleep() -> None:
+        try:
+            engine.train(engine.build_dataset(), cycle=1, on_event=sink, stop=stop, fresh=True)
+        except Exception as e:      # noqa: BLE001
+            errors.append(f"train: {e}")
+
+    threads = [threading.Thread(target=day), threading.Thread(target=sleep)]
+    for t in threads:
+        t.start()
+    t_end = time.monotonic() + start_timeout
+    while not all(counts.values()) and time.monotonic() < t_end and not errors:
+        time.sleep(0.05)
+    before, t0 = dict(counts), time.perf_counter()
+    time.sleep(seconds)
+    out = {"wall": time.perf_counter() - t0, **{k: counts[k] - before[k] for k in counts}}
+    cancel.set()
+    stop.set()
+    for t in threads:
+        t.join(300)
+    engine.close()
+    out["errors"] = errors
+    return out
 
 
 def main() -> int:
@@ -356,43 +484,56 @@ def main() -> int:
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--backend", choices=("embedded", "fake"), default=None,
                     help="what streams the tokens (default: embedded; --quick: fake)")
-    ap.add_argument("--presses", type=int, default=None, help="key presses timed key->frame per phase")
+    ap.add_argument("--presses", type=int, default=None, help="key presses timed key->screen update per phase")
     ap.add_argument("--pilot-presses", type=int, default=None, help="key presses timed as pilot.press+pause")
+    ap.add_argument("--idle-s", type=float, default=None,
+                    help="seconds of the load's throughput with the app idle, and with no app")
     ap.add_argument("--start-timeout", type=float, default=300.0,
                     help="seconds to wait for the first token and the first training step")
     args = ap.parse_args()
     args.backend = args.backend or ("fake" if args.quick else "embedded")
     args.presses = args.presses or (14 if args.quick else 210)
     args.pilot_presses = args.pilot_presses if args.pilot_presses is not None else (1 if args.quick else 14)
+    args.idle_s = args.idle_s or (3.0 if args.quick else 60.0)
+    import gc
+    gc.callbacks.append(GC)
     load0 = os.getloadavg()
     with tempfile.TemporaryDirectory() as state:
-        idle, loaded, info = asyncio.run(run(args, Path(state)))
+        idle, loaded, app_idle, info = asyncio.run(run(args, Path(state)))
+        alone = without_app(args, Path(state) / "no-app", args.idle_s, args.start_timeout)
     load1 = os.getloadavg()
+    info["errors"] += [f"no app: {e}" for e in alone["errors"]]
 
     def row(name, d):
         return [name, len(d["lat"]), ms(pct(d["lat"], 50)), ms(pct(d["lat"], 99)), ms(max(d["lat"], default=0)),
-                ms(pct(d["queued"], 50)), ms(pct(d["queued"], 99)), ms(pct(d["lag"], 99)), f"{d['fps']:.1f}",
+                ms(pct(d["queued"], 50)), ms(pct(d["queued"], 99)), ms(pct(d["lag"], 99)),
                 ms(statistics.median(d["pilot"])) if d["pilot"] else "-"]
     p50_i, p99_i = pct(idle["lat"], 50), pct(idle["lat"], 99)
-    p50_l, p99_l = pct(loaded["lat"], 50), pct(loaded["lat"], 99)
+    p50_l, p99_l, max_l = pct(loaded["lat"], 50), pct(loaded["lat"], 99), max(loaded["lat"], default=float("nan"))
+    tab_idle = pct(idle["by_kind"]["tab"], 99)
     rows = [row("idle (baseline)", idle), row("agent + trainer running", loaded),
-            ["loaded / idle", "", f"{p50_l / p50_i:.2f}x", f"{p99_l / p99_i:.2f}x", "", "", "", "", "", ""]]
+            ["loaded / idle", "", f"{p50_l / p50_i:.2f}x", f"{p99_l / p99_i:.2f}x", "", "", "", "", ""]]
     headers = ["phase", "presses", "p50 ms", "p99 ms", "max ms", "key queued p50 ms", "key queued p99 ms",
-               "loop lag p99 ms", "frames/s", "pilot.press+pause median ms"]
-    backend = ("embedded SmolLM2-135M (llama.cpp, %s thread(s))" % info.get("llama_threads", "?")
-               if args.backend == "embedded" else "fake: ScriptedBackend, 4 chars every 10 ms")
-    torch_threads = f", torch {info['torch_threads']} thread(s)" if "torch_threads" in info else ""
-    verdict = (f"met: p99 {ms(p99_l)} ms under load" if p99_l <= GOAL_MS / 1000 else
-               f"missed by {ms(p99_l - GOAL_MS / 1000)} ms (p99 {ms(p99_l)} ms, "
-               f"{p99_l * 1000 / GOAL_MS:.1f}x the goal)")
-    body = (f"Key press to the first rendered frame showing its effect (tabs 1/2/3, moving in the koan queue), "
+               "loop lag p99 ms", "pilot.press+pause median ms"]
+    backend = (f"embedded {info['model']}" if args.backend == "embedded"
+               else "fake: ScriptedBackend, 4 chars every 10 ms")
+    nice = f", nice {info['trainer_nice']}" if info.get("trainer_nice") is not None else ""
+
+    def verdict(value, goal, what):
+        return f"{what} {value:.1f} ms, goal <= {goal:.0f}: " + ("met" if value <= goal else "missed")
+    through = []
+    for kind, name in (("TokenStreamed", "tokens streamed /s"), ("TrainStep", "training steps /s")):
+        ratio = rate(app_idle, kind) / rate(alone, kind) if rate(alone, kind) else float("nan")
+        through.append([name, f"{rate(loaded, kind):.2f}", f"{rate(app_idle, kind):.2f}", f"{rate(alone, kind):.2f}",
+                        f"{ratio:.2f}x"])
+    body = (f"Key press to the first screen update showing its effect (tabs 1/2/3, moving in the koan queue), "
             f"Textual Pilot, `run_test(size=(100, 32))`, real koans ({info['koans']} training). Load: a day run "
-            f"({backend}) and the {info['trainer']} trainer on a tiny random llama{torch_threads}, both in the app's "
-            f"worker threads (both going {info.get('start_s', 0):.0f} s after d and t; stopped in "
-            f"{info.get('stop_s', 0):.0f} s after). During the loaded measurement ({loaded['wall']:.1f} s): "
-            f"{loaded['TokenStreamed']} TokenStreamed messages, {loaded['TrainStep']} training steps "
-            f"(idle phase: {idle['TokenStreamed']} and {idle['TrainStep']}). Timeouts (no frame within 10 s): "
-            f"idle {idle['timeouts']}, loaded {loaded['timeouts']}.\n\n"
+            f"({backend}) and the app's trainer, {info['trainer']}{nice}, on a tiny random llama (both going "
+            f"{info.get('start_s', 0):.0f} s after d and t; stopped in {info.get('stop_s', 0):.0f} s after). "
+            f"During the loaded measurement ({loaded['wall']:.1f} s): {loaded['TokenStreamed']} TokenStreamed "
+            f"messages, {loaded['TrainStep']} training steps (idle phase: {idle['TokenStreamed']} and "
+            f"{idle['TrainStep']}). Timeouts (no update within 10 s): idle {idle['timeouts']}, loaded "
+            f"{loaded['timeouts']}.\n\n"
             + table(headers, rows)
             + "\n\nBy kind of key press (ms):\n\n"
             + table(["key presses", "idle p50", "idle p99", "loaded p50", "loaded p99", "loaded p99 / idle p99"],
@@ -401,13 +542,29 @@ def main() -> int:
                       ms(pct(loaded["by_kind"][kind], 99)),
                       f"{pct(loaded['by_kind'][kind], 99) / pct(idle['by_kind'][kind], 99):.2f}x"]
                      for kind, name in (("tab", "switch tab: 1/2/3"), ("queue", "koan queue: up/down"))])
+            + "\n\nThe slowest presses (ms, and the garbage collections inside them): "
+            + "; ".join(f"{name}: " + ", ".join(f"{k} {ms(t)} (gc {ms(g)})" for t, k, g in d["slow"])
+                        for name, d in (("idle", idle), ("loaded", loaded)))
+            + f". Garbage collection while measuring: idle {idle['gc']}; loaded {loaded['gc']}. Full collections "
+              f"the app ran itself between bursts of typing (priority.QuietCollector), the whole run: "
+              f"{len(info['quiet_gc'])} (ms, objects freed: "
+              f"{', '.join(f'{ms(d)}/{n}' for d, n in zip(info['quiet_gc'], info['quiet_gc_freed']))})."
+            + f"\n\nThe work beside the app: while keys were pressed ({loaded['wall']:.0f} s), with the app idle "
+              f"({app_idle['wall']:.0f} s), and the same work with no app ({alone['wall']:.0f} s: the engine's day "
+              f"run and the trainer's own process, as `sleepy day` and `sleepy train` run them):\n\n"
+            + table(["work", "app, keys pressed", "app idle", "no app", "app idle / no app"], through)
+            + "\n\nNot yet a like-for-like ratio: the windows fall at different points of the day run (the no-app "
+              "one in its first minute, the app's after the key presses), and a day run streams no tokens while "
+              "it evaluates a prompt or checks an attempt, so tokens/s over a minute depends on which attempts "
+              "it covers. The tiny trainer's steps/s is steady after its first step and compares fairly. "
+              f"(Goal: the app idle at least {GOAL_THROUGHPUT}x the work with no app, on the same work.)"
             + f"\n\nLoad average (1/5/15 min) at start {load0[0]:.2f}/{load0[1]:.2f}/{load0[2]:.2f}, at end "
-              f"{load1[0]:.2f}/{load1[1]:.2f}/{load1[2]:.2f}, on {os.cpu_count()} cores (the machine is shared).\n"
-              f"frames/s: frames the screen rendered while measuring (idle: only after key presses; loaded: the "
-              f"screen changes all the time, so this is as fast as it could render).\n"
+              f"{load1[0]:.2f}/{load1[1]:.2f}/{load1[2]:.2f}, on {os.cpu_count()} cores.\n"
               f"\"pilot.press+pause\" is Pilot's own press and pause: it waits for the whole process to look idle "
               f"(up to 1 s per wait), so it is not the latency under load.\n"
-              f"Goal: p99 at most {GOAL_MS:.0f} ms with the agent and the trainer running: {verdict}.")
+              f"Goals: {verdict(p99_l * 1000, GOAL_MS, 'p99 under load')}; "
+              f"{verdict(max_l * 1000, GOAL_MAX_MS, 'max under load')}; "
+              f"{verdict(tab_idle * 1000, GOAL_TAB_IDLE_MS, 'idle tab switch p99')}.")
     if info["errors"] or info.get("ended_while_measuring"):
         body += "\n\nPROBLEMS (the load was not what it should be):\n" + "\n".join(
             f"- {e}" for e in info["errors"] + [f"job ended while measuring: {e}" for e in

@@ -267,6 +267,25 @@ async def test_training_start_stop_resume_moves_progress_and_loss_plot(koan_dir,
         assert done.adapter_id == stopped.adapter_id and done.stopped is False
 
 
+async def test_the_app_leaves_its_start_up_heap_out_of_garbage_collections(koan_dir, _isolated_state):
+    """After the first state is shown, what start-up built is frozen (gc.freeze) and Python's own full
+    collections are off; the app runs them between key presses (QuietCollector) and gives them back on exit."""
+    import gc
+
+    from sleepy_tui.priority import QuietCollector
+    before = gc.get_threshold()
+    app, _ = make_app(koan_dir, _isolated_state, [])
+    async with app.run_test(size=(100, 32)) as pilot:
+        await settle(pilot)
+        await pilot.pause()
+        assert gc.get_freeze_count() > 10_000            # modules, the corpus and the widgets at least
+        assert gc.get_threshold()[2] == QuietCollector.NEVER
+        pressed = app.collector.last_key
+        await pilot.press("2")
+        assert app.collector.last_key > pressed          # a key press puts the next full collection off
+    assert gc.get_threshold() == before
+
+
 async def test_the_apps_trainer_is_a_niced_process_that_stop_ends_keeping_its_checkpoint(
         koan_dir, _isolated_state, tmp_path, pytestconfig, monkeypatch):
     """The app's default trainer (app_trainer_factory) trains in a child process started from the niced worker;

@@ -13,7 +13,7 @@ import threading
 from pathlib import Path
 from typing import Iterable
 
-from textual import on, work
+from textual import events, on, work
 from textual.app import App, SystemCommand
 from textual.message_pump import MessagePump
 from textual.screen import Screen
@@ -21,7 +21,7 @@ from textual.worker import Worker, WorkerState
 
 from ..engine import AdapterRecord, Engine, EngineError
 from ..koans import Koan
-from ..priority import lower_this_thread
+from ..priority import QuietCollector, lower_this_thread
 from ..safe_text import terminal_safe
 from . import keys
 from .errors import explain
@@ -53,6 +53,18 @@ class SleepyApp(App[int]):
         self._backend_label = ""                    # what the last run reported (e.g. "embedded:SmolLM2...")
         self._adapter_label = "none"
         self._cycle = 0
+        self.collector = QuietCollector()           # full garbage collections between bursts of typing
+
+    def on_mount(self) -> None:
+        self.set_interval(0.5, self.collector.tick)
+
+    def on_unmount(self) -> None:
+        self.collector.stop()
+
+    async def on_event(self, event: events.Event) -> None:
+        if isinstance(event, events.Key):
+            self.collector.key_pressed()
+        await super().on_event(event)
 
     def notify(self, message: str, *, title: str = "", severity="information", timeout: float | None = None,
                markup: bool = True) -> None:

@@ -275,6 +275,7 @@ class MainScreen(Screen):
             self._restore(snap)
             if not training:
                 train.show_curve(snap.loss_curve)
+            self.call_after_refresh(self.app.collector.start)   # after the first full frame (priority.py)
         if not self.app.run_busy:
             self._idle_status()
 

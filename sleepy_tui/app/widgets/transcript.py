@@ -19,6 +19,7 @@ from ... import events as ev
 from ...safe_text import terminal_safe
 
 STREAM_REFRESH_S = 0.08   # streamed tokens are drawn at most this often
+LIVE_MAX_ROWS = 3         # the live line's max-height in app.tcss
 
 
 class Transcript(VerticalScroll):
@@ -28,6 +29,7 @@ class Transcript(VerticalScroll):
         self.following = True
         self._stream_key: tuple[str, int] | None = None
         self._partial = ""
+        self._live_rows = 0     # the live line's height when it was last laid out
         self._pending = ""      # streamed text not drawn yet: drawn in batches, not per token (each draw re-lays out)
         self._last_code: dict[str, tuple[str, str]] = {}   # koan -> (name, code) to diff the next attempt against
 
@@ -125,8 +127,14 @@ class Transcript(VerticalScroll):
     # ---- the line being streamed ----------------------------------------------------------------------------
 
     def _show_live(self) -> None:
-        self.query_one("#transcript-live", Static).update(Text("▌ " + self._partial, style="dim")
-                                                           if self._partial else "")
+        live = self.query_one("#transcript-live", Static)
+        text = Text("▌ " + self._partial, style="dim") if self._partial else Text("")
+        width = live.content_region.width
+        rows = min(LIVE_MAX_ROWS, len(text.wrap(self.app.console, width))) if text and width > 0 else 0
+        # a new layout only when the live line's height changes: a layout arranges the whole screen and leaves
+        # its old arrangement to the garbage collector, and tokens arrive a dozen times a second
+        live.update(text, layout=rows != self._live_rows or width <= 0)
+        self._live_rows = rows
         self._follow()
 
     def _flush(self) -> None:
