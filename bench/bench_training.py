@@ -193,7 +193,7 @@ def loss_png(results: dict, path: Path) -> bool:
 
 def main() -> int:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--quick", action="store_true", help="SmolLM2, 2 steps: a smoke test, not recorded")
+    ap.add_argument("--quick", action="store_true", help="SmolLM2, 2 steps of short examples: a smoke test, not recorded")
     ap.add_argument("--model", default="qwen2.5-coder-0.5b", help="a model of the table, a GGUF or HF folder")
     ap.add_argument("--steps", type=int, default=12)
     ap.add_argument("--batch", type=int, default=4)
@@ -210,6 +210,7 @@ def main() -> int:
         return child(args)
     if args.quick:
         args.model, args.steps, args.batch, args.only = "", 2, 2, ["before", "now"]
+        args.seq = min(args.seq, 384)       # a smoke test: short examples (trimmed) keep it under a minute
     if not args.threads:
         from sleepy_tui.training.torch_trainer import default_threads
         args.threads = default_threads()

@@ -7,9 +7,10 @@ The app is built with build_app over a tmp state dir and the real koans, and dri
 2. with a day run streaming tokens (the default embedded model through llama.cpp, or `--backend fake`: a
    scripted backend streaming 4 characters every 10 ms) and the app's own trainer (a child process,
    training/process_trainer.py) training a tiny random llama;
-3. the same load with nobody pressing keys: tokens/s and steps/s while the app is idle;
-4. after the app has closed, the same work with no app (the engine's day run and the CLI's trainer, as
-   `sleepy day` and `sleepy train` run them): its tokens/s and steps/s are the baseline of phase 3.
+3. nobody pressing keys: the day run is replaced by one on a fixed few koans (seeded generation: the same
+   tokens every time), timed from its first token to its end, while the trainer goes on;
+4. after the app has closed, the same fixed work with no app (the engine's day run, and the trainer in its own
+   process, as `sleepy day` and `sleepy train` run them): the baseline of phase 3.
 
 What is timed, per press: from posting the key to the app (`App.post_message`, as `App.simulate_key` does) to
 the first screen update that shows its effect, caught with public hooks only: `call_after_refresh` (runs after
@@ -21,7 +22,7 @@ which never happens while the agent runs in the same process, and it also waits 
 Also reported: how long the key waited in the app's queue before being handled (run_test's message_hook), the
 event loop's lag (a 5 ms sleep's overshoot), and any error the trainer or the run reported (then nothing is
 recorded and the exit status is 1).
-usage: python bench/bench_ui.py [--quick] [--backend embedded|fake] [--presses N] [--pilot-presses N] [--idle-s S]
+usage: python bench/bench_ui.py [--quick] [--backend embedded|fake] [--presses N] [--pilot-presses N] [--fixed-koans N]
 """
 
 from __future__ import annotations
@@ -132,6 +133,12 @@ class Probe:
         self.key_handled: dict[int, float] = {}
 
     def hook(self, message) -> None:        # run_test(message_hook=...): every message any pump handles
+        try:                                # a message that bubbles (screen, then app) is counted once
+            if getattr(message, "_bench_counted", False):
+                return
+            message._bench_counted = True
+        except AttributeError:
+            pass
         name = type(message).__name__
         self.counts[name] = self.counts.get(name, 0) + 1
         if name == "Key":
@@ -304,10 +311,20 @@ async def measure(pilot, probe: Probe, n: int, n_pilot: int, rng: random.Random)
             "gc": GC.summary(t_start, t_start + wall), **counts}
 
 
-async def idle_throughput(probe: Probe, seconds: float) -> dict:
-    """The load's events over `seconds` with nobody pressing keys."""
+async def fixed_work_in_app(app, probe: Probe, koans: list, timeout: float) -> dict:
+    """The same fixed work as `without_app`, with nobody pressing keys: the day run so far is stopped, then a day
+    run on `koans` (generation is seeded: the same tokens both times) while the trainer goes on. Timed from its
+    first token to its end (the model's load left out), with the training steps made meanwhile."""
+    app.stop_run()
+    await wait_for(lambda: not app.run_busy, 120, probe)
+    n = lambda k: probe.counts.get(k, 0)           # noqa: E731
+    runs, tokens = n("RunFinished"), n("TokenStreamed")
+    app.start_run(koans, "day", app.main_screen)
+    if not await wait_for(lambda: n("TokenStreamed") > tokens, timeout, probe):
+        probe.errors.append("the fixed day run streamed no token")
     before, t0 = dict(probe.counts), time.perf_counter()
-    await asyncio.sleep(seconds)
+    if not await wait_for(lambda: n("RunFinished") > runs, timeout, probe):
+        probe.errors.append(f"the fixed day run did not end within {timeout:.0f} s")
     wall = time.perf_counter() - t0
     return {"wall": wall, **{k: probe.counts.get(k, 0) - before.get(k, 0) for k in ("TokenStreamed", "TrainStep")}}
 
@@ -411,8 +428,9 @@ async def run(args, state: Path) -> tuple[dict, dict, dict, dict]:
             info["trainer_nice"] = getattr(inner, "child_nice", None)
             ended_before = len(probe.ended)
             loaded = await measure(pilot, probe, args.presses, args.pilot_presses, rng)
-            app_idle = await idle_throughput(probe, args.idle_s)
             info["ended_while_measuring"] = probe.ended[ended_before:]
+            # koans the day run above did not reach (its episodes would change their prompts)
+            app_idle = await fixed_work_in_app(app, probe, train[-args.fixed_koans:], args.start_timeout * 4)
             app.stop_jobs()
             t0 = time.perf_counter()
             try:
@@ -430,9 +448,10 @@ async def run(args, state: Path) -> tuple[dict, dict, dict, dict]:
     return idle, loaded, app_idle, info
 
 
-def without_app(args, state: Path, seconds: float, start_timeout: float) -> dict:
-    """The same work with no app: the engine's day run in this process and the trainer in a process of its own at
-    the nice value it starts with, as `sleepy day` and `sleepy train` run in two terminals."""
+def without_app(args, state: Path, start_timeout: float) -> dict:
+    """The same fixed work with no app: the trainer in a process of its own at the nice value it starts with (as
+    `sleepy train` in another terminal), and once it steps, the engine's day run on the same koans (as
+    `sleepy day`), timed from its first token to its end, with the training steps made meanwhile."""
     import threading
 
     from sleepy_tui.engine import Engine
@@ -443,40 +462,38 @@ def without_app(args, state: Path, seconds: float, start_timeout: float) -> dict
     add_fixes(engine, train)
     counts = {"TokenStreamed": 0, "TrainStep": 0}
     errors: list[str] = []
-    cancel, stop = threading.Event(), threading.Event()
+    stop = threading.Event()
+    first_token: list[tuple[float, dict]] = []
 
     def sink(e) -> None:
         if e.kind in counts:
             counts[e.kind] += 1
-
-    def day() -> None:
-        try:
-            engine.run_agent(engine.day_koans(), kind="day", on_event=sink, cancel=cancel)
-        except Exception as e:      # noqa: BLE001 - reported, the measurement is then void
-            errors.append(f"day: {e}")
+            if e.kind == "TokenStreamed" and not first_token:
+                first_token.append((time.perf_counter(), dict(counts)))
 
     def sleep() -> None:
         try:
             engine.train(engine.build_dataset(), cycle=1, on_event=sink, stop=stop, fresh=True)
-        except Exception as e:      # noqa: BLE001
+        except Exception as e:      # noqa: BLE001 - reported, the measurement is then void
             errors.append(f"train: {e}")
 
-    threads = [threading.Thread(target=day), threading.Thread(target=sleep)]
-    for t in threads:
-        t.start()
+    trainer = threading.Thread(target=sleep)
+    trainer.start()
     t_end = time.monotonic() + start_timeout
-    while not all(counts.values()) and time.monotonic() < t_end and not errors:
+    while not counts["TrainStep"] and time.monotonic() < t_end and not errors:
         time.sleep(0.05)
-    before, t0 = dict(counts), time.perf_counter()
-    time.sleep(seconds)
-    out = {"wall": time.perf_counter() - t0, **{k: counts[k] - before[k] for k in counts}}
-    cancel.set()
+    try:
+        engine.run_agent(train[-args.fixed_koans:], kind="day", on_event=sink)
+    except Exception as e:          # noqa: BLE001
+        errors.append(f"day: {e}")
+    t1 = time.perf_counter()
     stop.set()
-    for t in threads:
-        t.join(300)
+    trainer.join(300)
     engine.close()
-    out["errors"] = errors
-    return out
+    if not first_token:
+        return {"wall": float("nan"), "TokenStreamed": 0, "TrainStep": 0, "errors": errors + ["no token"]}
+    t0, before = first_token[0]
+    return {"wall": t1 - t0, **{k: counts[k] - before[k] for k in counts}, "errors": errors}
 
 
 def main() -> int:
@@ -486,21 +503,21 @@ def main() -> int:
                     help="what streams the tokens (default: embedded; --quick: fake)")
     ap.add_argument("--presses", type=int, default=None, help="key presses timed key->screen update per phase")
     ap.add_argument("--pilot-presses", type=int, default=None, help="key presses timed as pilot.press+pause")
-    ap.add_argument("--idle-s", type=float, default=None,
-                    help="seconds of the load's throughput with the app idle, and with no app")
+    ap.add_argument("--fixed-koans", type=int, default=None,
+                    help="koans of the fixed day run timed with the app idle and with no app")
     ap.add_argument("--start-timeout", type=float, default=300.0,
                     help="seconds to wait for the first token and the first training step")
     args = ap.parse_args()
     args.backend = args.backend or ("fake" if args.quick else "embedded")
     args.presses = args.presses or (14 if args.quick else 210)
     args.pilot_presses = args.pilot_presses if args.pilot_presses is not None else (1 if args.quick else 14)
-    args.idle_s = args.idle_s or (3.0 if args.quick else 60.0)
+    args.fixed_koans = args.fixed_koans or (3 if args.quick else 2)
     import gc
     gc.callbacks.append(GC)
     load0 = os.getloadavg()
     with tempfile.TemporaryDirectory() as state:
         idle, loaded, app_idle, info = asyncio.run(run(args, Path(state)))
-        alone = without_app(args, Path(state) / "no-app", args.idle_s, args.start_timeout)
+        alone = without_app(args, Path(state) / "no-app", args.start_timeout)
     load1 = os.getloadavg()
     info["errors"] += [f"no app: {e}" for e in alone["errors"]]
 
@@ -521,11 +538,16 @@ def main() -> int:
 
     def verdict(value, goal, what):
         return f"{what} {value:.1f} ms, goal <= {goal:.0f}: " + ("met" if value <= goal else "missed")
-    through = []
-    for kind, name in (("TokenStreamed", "tokens streamed /s"), ("TrainStep", "training steps /s")):
-        ratio = rate(app_idle, kind) / rate(alone, kind) if rate(alone, kind) else float("nan")
-        through.append([name, f"{rate(loaded, kind):.2f}", f"{rate(app_idle, kind):.2f}", f"{rate(alone, kind):.2f}",
-                        f"{ratio:.2f}x"])
+    same_tokens = app_idle["TokenStreamed"] == alone["TokenStreamed"]
+    day_ratio = alone["wall"] / app_idle["wall"] if app_idle["wall"] else float("nan")
+    step_ratio = rate(app_idle, "TrainStep") / rate(alone, "TrainStep") if rate(alone, "TrainStep") else float("nan")
+    through = [["the fixed day run: seconds from its first token to its end", "-", f"{app_idle['wall']:.1f}",
+                f"{alone['wall']:.1f}", f"{day_ratio:.2f}x", "met" if day_ratio >= GOAL_THROUGHPUT else "missed"],
+               ["  its tokens (the same when generation is the same)", f"{loaded['TokenStreamed']}",
+                f"{app_idle['TokenStreamed']}", f"{alone['TokenStreamed']}", "", ""],
+               ["training steps /s meanwhile", f"{rate(loaded, 'TrainStep'):.2f}", f"{rate(app_idle, 'TrainStep'):.2f}",
+                f"{rate(alone, 'TrainStep'):.2f}", f"{step_ratio:.2f}x",
+                "met" if step_ratio >= GOAL_THROUGHPUT else "missed"]]
     body = (f"Key press to the first screen update showing its effect (tabs 1/2/3, moving in the koan queue), "
             f"Textual Pilot, `run_test(size=(100, 32))`, real koans ({info['koans']} training). Load: a day run "
             f"({backend}) and the app's trainer, {info['trainer']}{nice}, on a tiny random llama (both going "
@@ -549,15 +571,16 @@ def main() -> int:
               f"the app ran itself between bursts of typing (priority.QuietCollector), the whole run: "
               f"{len(info['quiet_gc'])} (ms, objects freed: "
               f"{', '.join(f'{ms(d)}/{n}' for d, n in zip(info['quiet_gc'], info['quiet_gc_freed']))})."
-            + f"\n\nThe work beside the app: while keys were pressed ({loaded['wall']:.0f} s), with the app idle "
-              f"({app_idle['wall']:.0f} s), and the same work with no app ({alone['wall']:.0f} s: the engine's day "
-              f"run and the trainer's own process, as `sleepy day` and `sleepy train` run them):\n\n"
-            + table(["work", "app, keys pressed", "app idle", "no app", "app idle / no app"], through)
-            + "\n\nNot yet a like-for-like ratio: the windows fall at different points of the day run (the no-app "
-              "one in its first minute, the app's after the key presses), and a day run streams no tokens while "
-              "it evaluates a prompt or checks an attempt, so tokens/s over a minute depends on which attempts "
-              "it covers. The tiny trainer's steps/s is steady after its first step and compares fairly. "
-              f"(Goal: the app idle at least {GOAL_THROUGHPUT}x the work with no app, on the same work.)"
+            + f"\n\nThe work beside the app. The same fixed work twice: a day run on {args.fixed_koans} training "
+              f"koan(s) (seeded generation) while the trainer trains, once in the app with nobody pressing keys, "
+              f"once with no app (the engine's day run and the trainer's own process, as `sleepy day` and "
+              f"`sleepy train` run them); the day run timed from its first token to its end (the model load left "
+              f"out). The first column is the loaded measurement above ({loaded['wall']:.0f} s of key presses):"
+              f"\n\n"
+            + table(["work", "app, keys pressed", "app idle", "no app", "app idle / no app",
+                     f"goal >= {GOAL_THROUGHPUT}x"], through)
+            + ("" if same_tokens else "\n\nThe two fixed runs streamed different numbers of tokens: the "
+               "comparison is not like for like.")
             + f"\n\nLoad average (1/5/15 min) at start {load0[0]:.2f}/{load0[1]:.2f}/{load0[2]:.2f}, at end "
               f"{load1[0]:.2f}/{load1[1]:.2f}/{load1[2]:.2f}, on {os.cpu_count()} cores.\n"
               f"\"pilot.press+pause\" is Pilot's own press and pause: it waits for the whole process to look idle "
