@@ -39,7 +39,6 @@ def this_thread_nice() -> int | None:
     return os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
 
 
-
 class QuietCollector:
     """Full garbage collections where the user won't feel them: between bursts of typing, not on a key press.
 

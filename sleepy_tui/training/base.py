@@ -41,6 +41,10 @@ class TrainConfig:
     device: str = ""                     # empty: cuda, then mps, then cpu
     precision: str = "auto"              # auto | float32 | bfloat16 (auto: bf16 where the hardware has it)
 
+    def adapted_layers(self, n_layers: int) -> range:
+        """The decoder layers the LoRA goes on: the last `lora_layers` of `n_layers`, or all of them."""
+        return range(n_layers - self.lora_layers if 0 < self.lora_layers < n_layers else 0, n_layers)
+
     @classmethod
     def from_settings(cls, s, **overrides) -> "TrainConfig":
         base = dict(steps=s.steps, learning_rate=s.learning_rate, lora_rank=s.lora_rank, lora_alpha=s.lora_alpha,

@@ -120,7 +120,7 @@ def adapter_config(config: TrainConfig, model, base_dir: Path) -> dict:
     Call it on the model before the LoRA layers go in (the keys name the plain linears)."""
     return {
         "fine_tune_type": "lora",
-        "num_layers": config.lora_layers if 0 < config.lora_layers < len(model.layers) else len(model.layers),
+        "num_layers": len(config.adapted_layers(len(model.layers))),
         "lora_parameters": {"rank": config.lora_rank, "scale": config.lora_alpha / config.lora_rank,
                             "dropout": config.lora_dropout, "keys": lora_keys(model, config.target_modules)},
         "model": str(base_dir),

@@ -24,7 +24,7 @@ from .base import TrainConfig, TrainResult
 from .loop import LOSS_FILE
 
 MODULE = "sleepy_tui.training.torch_trainer"    # imported by name in the child, never here (no torch import)
-PARENT_ENV = "SLEEPY_TRAINER_PARENT"             # torch_trainer.PARENT_ENV
+PARENT_ENV = "SLEEPY_TRAINER_PARENT"             # the parent's pid, for the child's --die-with-parent
 STOP_GRACE_S = 600           # a step of a large model on a CPU can take minutes; then it is killed
 
 
@@ -117,18 +117,13 @@ class ProcessTrainer:
     def _stop_on_request(proc: subprocess.Popen, stop: threading.Event, ended: threading.Event) -> None:
         while not ended.is_set():
             if stop.wait(0.2):
-                if proc.poll() is None:
-                    proc.send_signal(signal.SIGTERM)   # the trainer checkpoints at the end of this step
-                try:
-                    proc.wait(STOP_GRACE_S)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
+                ProcessTrainer._end(proc)
                 return
 
     @staticmethod
     def _end(proc: subprocess.Popen) -> None:
         if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
+            proc.send_signal(signal.SIGTERM)           # the trainer checkpoints at the end of this step
             try:
                 proc.wait(STOP_GRACE_S)
             except subprocess.TimeoutExpired:

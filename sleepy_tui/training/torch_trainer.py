@@ -326,11 +326,10 @@ class _Run:
         _check_targets(model, config.target_modules)
         model.config.use_cache = False
         torch.manual_seed(config.seed)                       # fixes the LoRA initialisation
-        layers = model.config.num_hidden_layers
-        last = range(layers - config.lora_layers, layers) if 0 < config.lora_layers < layers else None
+        layers = config.adapted_layers(model.config.num_hidden_layers)
         lora = LoraConfig(r=config.lora_rank, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
                           target_modules=list(config.target_modules), bias="none", task_type="CAUSAL_LM",
-                          layers_to_transform=list(last) if last else None)
+                          layers_to_transform=list(layers) if layers.start else None)
         self.peft_model = get_peft_model(model, lora, autocast_adapter_dtype=True)   # adapter weights float32
         torch.manual_seed(config.seed + 7919 * par.rank)     # the dropout stream, one per process
         self.peft_model.train()
@@ -588,9 +587,6 @@ def _versions() -> dict:
     return out
 
 
-PARENT_ENV = "SLEEPY_TRAINER_PARENT"     # the pid of the process that started this one (process_trainer.py)
-
-
 def _term_with_parent() -> None:
     """SIGTERM to this process when the thread that started it ends (Linux; elsewhere nothing)."""
     if not sys.platform.startswith("linux"):
@@ -601,6 +597,7 @@ def _term_with_parent() -> None:
         ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGTERM), 0, 0, 0)    # PR_SET_PDEATHSIG
     except (OSError, AttributeError):
         return
+    from .process_trainer import PARENT_ENV
     parent = os.environ.get(PARENT_ENV, "")
     if parent.isdigit() and os.getppid() != int(parent):   # it ended before the request took effect
         os.kill(os.getpid(), signal.SIGTERM)
