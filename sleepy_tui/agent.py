@@ -165,7 +165,7 @@ class Agent:
     def run(self, koans: list[Koan], *, kind: str = "day", cycle: int = 0, run_id: str | None = None,
             run_meta: dict | None = None, sample: int | None = None, repeat: int = 0) -> RunResult:
         run_id = run_id or new_run_id(kind)
-        split = "eval" if kind == "eval" else "train"
+        split = kind if kind in ("eval", "validation") else "train"
         workers = max(1, min(self.settings.parallel, self.backend.max_parallel, len(koans) or 1))
         if workers < self.settings.parallel:
             self.on_event(ev.Notice("info", f"{self.backend.name} serves one request at a time here: "

@@ -431,6 +431,10 @@ def cmd_run(args) -> int:
 
 def cmd_eval(args) -> int:
     s = _settings(args)
+    if args.validation:
+        return _eval_validation(args, s)
+    if args.cycle is None:
+        raise CliError("eval: --cycle N is required (the cycle the eval is recorded under; 0 for the base model)")
     corpus = _corpus(args, s, eval_folder=True)
     engine = _engine(args)
     try:
@@ -455,6 +459,29 @@ def cmd_eval(args) -> int:
         print(f"\ncycle {args.cycle}: pass rate over {len(row.pass_rates)} runs: mean {row.pass_rate_mean:.1%}, "
               f"spread (sd) {row.pass_rate_spread:.1%}; runs: " + ", ".join(f"{p:.0%}" for p in row.pass_rates))
     return rc
+
+
+def _eval_validation(args, s: Settings) -> int:
+    """The validation slice with the current model (the promoted adapter, or --adapter, or the base)."""
+    if args.samples or args.koan or args.family or args.repeats != 1:
+        raise CliError("eval --validation runs the whole slice once: no --samples, --koan, --family or --repeats")
+    _corpus(args, s)
+    engine = _engine(args)
+    cancel = threading.Event()
+    try:
+        adapter = None if s.adapter else engine.current_adapter()
+        run_id = engine.validation_run(adapter, cycle=args.cycle, cancel=cancel,
+                                       on_event=_Printer(getattr(args, "stream", False)))
+        if not run_id:
+            raise CliError("this koan folder has no validation slice (it takes 1 in 8 training koans from "
+                           "folders of at least 40)")
+        _print_summary(engine, run_id)
+    except KeyboardInterrupt:
+        cancel.set()
+        raise
+    finally:
+        engine.close()
+    return 0
 
 
 def _eval_samples(args, s: Settings, koans) -> int:
@@ -583,7 +610,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = ksub.add_parser("list", help="list koans")
     _common(p)
     p.add_argument("--family", metavar="FAMILY", help=_FAMILY_HELP)
-    p.add_argument("--split", choices=("eval", "train"))
+    p.add_argument("--split", choices=("eval", "validation", "train"))
     p.set_defaults(func=cmd_koans_list)
     p = ksub.add_parser("show", help="show a koan")
     _common(p)
@@ -630,7 +657,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("eval", help="evaluate on the frozen eval set")
     _common(p)
     _model_flags(p)
-    p.add_argument("--cycle", type=int, required=True)
+    p.add_argument("--cycle", type=int, help="the cycle to record the eval under (required but with --validation)")
+    p.add_argument("--validation", action="store_true",
+                   help="the validation slice (training koans never trained on) instead of the frozen set, with "
+                        "validation_attempts per koan (default 1); a finished run of the same model is reused")
     p.add_argument("--repeats", type=int, default=1)
     p.add_argument("--samples", type=int, metavar="K", help="K independent first attempts per koan: pass@1, pass@K")
     p.add_argument("--family", metavar="FAMILY", help=_FAMILY_HELP)

@@ -72,6 +72,7 @@ class Settings:
                                  group="model")
     seed: int = setting(0, "the seed every attempt's sampling seed is derived from", group="model")
     max_tokens: int = setting(768, "tokens per reply", group="model")
+    threads: int = setting(0, "llama.cpp threads of the embedded model (0: every CPU but one)")
     # --- the agent loop ---
     max_attempts: int = setting(5, "attempts per koan", group="model")
     retry_strategy: str = setting("explore", "how sampling changes between attempts (retry.py): explore | fixed",
@@ -98,6 +99,8 @@ class Settings:
                                      "natively, else float32) | float32 | bfloat16", group="train", metavar="DTYPE")
     checkpoint_every: int = setting(20, "steps between resumable checkpoints (0: only at the end or on stop)",
                                     group="train", metavar="N")
+    validation_attempts: int = setting(1, "attempts per koan on the validation slice (1: the first, greedy "
+                                          "attempt)", group="train", metavar="N")
     replay_share: float = setting(0.3, "share of replayed, already-solved examples in a dataset", group="train")
     gate_tolerance: float = setting(0.0, "share (0..1) of frozen koans that may regress, and of pass rate that "
                                          "may drop, for the gate to promote; 0: none")
@@ -127,8 +130,9 @@ class Settings:
         from .retry import STRATEGIES
         if self.retry_strategy not in STRATEGIES:
             p.append(f"retry_strategy: unknown {self.retry_strategy!r} (choose from {', '.join(STRATEGIES)})")
-        positive = ("max_attempts", "parallel", "steps", "lora_rank", "lora_alpha", "batch_size", "grad_accum", "max_seq_len",
-                    "max_tokens", "compile_timeout_s", "run_timeout_s", "memory_mb", "learning_rate")
+        positive = ("max_attempts", "validation_attempts", "parallel", "steps", "lora_rank", "lora_alpha",
+                    "batch_size", "grad_accum", "max_seq_len", "max_tokens",
+                    "compile_timeout_s", "run_timeout_s", "memory_mb", "learning_rate")
         for name in positive:
             if getattr(self, name) <= 0:
                 p.append(f"{name}: must be > 0, got {getattr(self, name)}")

@@ -6,6 +6,7 @@ EventSink and stops when its `threading.Event` is set.
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 import uuid
@@ -42,10 +43,21 @@ __all__ = ["Engine", "EngineError", "USER_ERRORS", "BackendUnavailable", "Sandbo
 
 
 
+def usable_cpus() -> int:
+    """The CPUs this process may use (containers, taskset)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS, Windows
+        return os.cpu_count() or 1
+
+
 class EngineError(RuntimeError):
     """A user-facing failure of an engine operation (one line)."""
 
 
+# Backends whose model runs in this process on threads of its own (llama.cpp's `threads`), one reply at a time:
+# a cycle runs its validation slice beside the frozen eval on a second instance when CPUs are spare.
+SIDE_BY_SIDE = ("embedded",)
 FAST_BASE_LABEL = "SmolLM2-135M-Instruct (embedded GGUF)"   # the trainers' own default base
 
 
@@ -191,15 +203,17 @@ class Engine:
     def run_agent(self, koans: list[Koan], *, kind: str = "day", cycle: int | None = None,
                   on_event: ev.EventSink = ev.ignore, cancel: threading.Event | None = None,
                   backend: Backend | None = None, adapter_id: str | None = None, sample: int | None = None,
-                  repeat: int = 0, backend_name: str | None = None) -> RunResult:
-        """A day or eval run. `sample`: one independent first attempt per koan (eval --samples K runs K of
-        them); `repeat`: the index of a repeated whole run (its seeds differ from the others')."""
+                  repeat: int = 0, backend_name: str | None = None, max_attempts: int | None = None) -> RunResult:
+        """A day, eval or validation run. `sample`: one independent first attempt per koan (eval --samples K runs
+        K of them); `repeat`: the index of a repeated whole run (its seeds differ from the others');
+        `max_attempts`: instead of the settings' (the validation slice's own count)."""
         if backend is None:
             backend = self.make_backend(on_notice=lambda m: on_event(ev.Notice("info", m)), backend_name=backend_name)
             cur = self.current_adapter()
             adapter_id = adapter_id or (cur.adapter_id if cur and not self.settings.adapter else None)
         cycle = self.current_cycle() if cycle is None else cycle
-        agent = Agent(backend, self.sandbox, self.store, self.settings, on_event=on_event, cancel=cancel)
+        settings = self.settings if max_attempts is None else self.settings.replace(max_attempts=max_attempts)
+        agent = Agent(backend, self.sandbox, self.store, settings, on_event=on_event, cancel=cancel)
         run_id = new_run_id(kind)
         try:
             return agent.run(koans, kind=kind, cycle=cycle, run_id=run_id, run_meta={"adapter_id": adapter_id or ""},
@@ -395,9 +409,12 @@ class Engine:
 
     # ---- the gate and the cycle -------------------------------------------------------------------------------
 
-    def gate(self, baseline_run_id: str, candidate_run_id: str) -> tuple[bool, str, dict]:
+    def gate(self, baseline_run_id: str, candidate_run_id: str,
+             validation: tuple[str, str] | None = None) -> tuple[bool, str, dict]:
         """Promote only if at most `gate_tolerance` x koans regress (default 0: none may) and the frozen pass rate
-        drops by no more than that share. The reason says which rule decided, with the numbers."""
+        drops by no more than that share; with `validation` (the base's and the candidate's runs of the
+        validation slice), its pass rate may not drop by more than that share either. The reason says which
+        rule decided, with the numbers."""
         old = koan_outcomes(self.store.episodes(baseline_run_id))
         new = koan_outcomes(self.store.episodes(candidate_run_id))
         regressions, gains = compare(old, new)
@@ -406,8 +423,17 @@ class Engine:
         allowed = int(tolerance * len(new) + 1e-9)
         facts = {"pass_rate_before": before, "pass_rate_after": after, "regressions": regressions, "gains": gains,
                  "regressions_allowed": allowed}
+        if validation and all(validation):
+            v_old = koan_outcomes(self.store.episodes(validation[0]))
+            v_new = koan_outcomes(self.store.episodes(validation[1]))
+            v_before, v_after = metrics_of(v_old).pass_rate, metrics_of(v_new).pass_rate
+            facts.update(validation_before=v_before, validation_after=v_after,
+                         validation_regressions=compare(v_old, v_new)[0])
         if after < before - tolerance - 1e-9:
             return False, f"pass rate dropped {before:.1%} -> {after:.1%} (tolerance {tolerance:.0%})", facts
+        if "validation_after" in facts and facts["validation_after"] < facts["validation_before"] - tolerance - 1e-9:
+            return False, (f"validation pass rate dropped {facts['validation_before']:.1%} -> "
+                           f"{facts['validation_after']:.1%} (tolerance {tolerance:.0%})"), facts
         if len(regressions) > allowed:
             return False, (f"{len(regressions)} koan(s) regressed: {', '.join(regressions)} "
                            f"(allowed: {allowed})"), facts
@@ -453,7 +479,11 @@ class Engine:
 
     def cycle(self, *, day_count: int | None = None, on_event: ev.EventSink = ev.ignore,
               cancel: threading.Event | None = None, train_overrides: dict | None = None) -> CycleRecord:
-        """day -> sleep -> eval -> gate. Returns the cycle record (also stored)."""
+        """day -> sleep -> validation -> eval -> gate. Returns the cycle record (also stored).
+
+        Every stage is resumable: a cycle started again after a stop, a crash or the end of a session reuses
+        what this cycle already finished (the koans its day finished, a trained adapter, the validation and eval
+        runs) and resumes a stopped training from its checkpoint. Each reuse is said in a notice."""
         cancel = cancel or threading.Event()
         backend_name = self.settings.backend
         kind = backend_kind(backend_name)
@@ -465,33 +495,167 @@ class Engine:
         baseline = self.baseline_eval(on_event=on_event, cancel=cancel, backend_name=serve)
         n = self.current_cycle() + 1
         corpus = self.corpus()
-        koans = self.day_koans(day_count, corpus=corpus)   # the same day as `sleepy run`: flagged koans skipped
-        day = self.run_agent(koans, kind="day", cycle=n, on_event=on_event, cancel=cancel, backend_name=serve)
-        if day.cancelled or day.error:
-            raise EngineError(day.error or "cycle cancelled during the day")
-        dataset = self.build_dataset(run_ids=[day.run_id], corpus=corpus)
+        day_ids = self._cycle_day(n, day_count, corpus, on_event, cancel, serve)
+        dataset = self.build_dataset(run_ids=day_ids, corpus=corpus)
         on_event(ev.Notice("info", f"dataset {dataset.hash}: {dataset.examples} examples {dataset.by_provenance}"))
-        meta = self.train(dataset, cycle=n, on_event=on_event, stop=cancel, resume=False, fresh=True,
-                          **(train_overrides or {}))
-        if meta.stopped:
-            raise EngineError("cycle stopped during training; `sleepy train --resume` continues it")
-        res = self.run_agent(corpus.eval_set, kind="eval", cycle=n, on_event=on_event, cancel=cancel,
-                             backend=self.make_backend(adapter=meta), adapter_id=meta.adapter_id)
-        if res.cancelled or res.error:
-            raise EngineError(res.error or "cycle cancelled during the eval")
-        promote, reason, facts = self.gate(baseline, res.run_id)
-        meta = replace(meta, eval_run_id=res.run_id, eval=GateFacts.from_dict(facts))
+        meta = self._cycle_adapter(n, dataset, on_event, cancel, train_overrides or {})
+        validation, eval_id = self._validate_and_eval(meta, n, corpus, on_event, cancel, serve)
+        promote, reason, facts = self.gate(baseline, eval_id, validation)
+        meta = replace(meta, eval_run_id=eval_id, eval=GateFacts.from_dict(facts))
         adapters.record(self.store, meta)
         if promote:
             adapters.promote(self.store, meta.adapter_id, reason=f"gate: {reason}")
-            self.store.set_value("current_eval_run", res.run_id)
+            self.store.set_value("current_eval_run", eval_id)
         record = CycleRecord.from_dict({
-            "cycle": n, "day_run_id": day.run_id, "eval_run_id": res.run_id, "baseline_eval_run_id": baseline,
+            "cycle": n, "day_run_id": day_ids[-1], "eval_run_id": eval_id, "baseline_eval_run_id": baseline,
             "adapter_id": meta.adapter_id, "promoted": promote, "reason": reason, "dataset": dataset.to_dict(),
             "train": {"steps": meta.steps, "initial_loss": meta.initial_loss, "final_loss": meta.final_loss,
                       "duration_s": meta.duration_s},
-            "time": time.time(), **facts})
+            "validation_before_run_id": validation[0], "validation_run_id": validation[1],
+            "day_run_ids": day_ids, "time": time.time(), **facts})
         self.store.save_cycle(record)
         on_event(ev.Notice("info" if promote else "warning",
                            f"cycle {n}: adapter {meta.adapter_id} {'promoted' if promote else 'kept out'}: {reason}"))
         return record
+
+    def _cycle_day(self, n: int, day_count: int | None, corpus: Corpus, on_event: ev.EventSink,
+                   cancel: threading.Event, serve: str) -> list[str]:
+        """The day runs of cycle `n`: those already recorded for it, plus one of the koans none of them finished
+        (all of the day's koans when there are none). A koan finished when it passed or used every attempt."""
+        earlier = [r for r in self.store.runs() if r.kind == "day" and r.cycle == n and r.status != "running"]
+        finished: set[str] = set()
+        for r in earlier:
+            for kid, outcome in koan_outcomes(self.store.episodes(r.run_id)).items():
+                if outcome.passed or (r.max_attempts and outcome.attempts >= r.max_attempts):
+                    finished.add(kid)
+        koans = self.day_koans(day_count, corpus=corpus)
+        left = [k for k in koans if k.id not in finished]
+        if earlier:
+            on_event(ev.Notice("info", f"cycle {n}: its day finished {len(koans) - len(left)} of {len(koans)} koans "
+                                       f"({', '.join(r.run_id for r in earlier)}); "
+                                       + (f"running the {len(left)} left" if left else "reusing it")))
+        if earlier and not left:
+            return [r.run_id for r in earlier]
+        day = self.run_agent(left, kind="day", cycle=n, on_event=on_event, cancel=cancel, backend_name=serve)
+        if day.cancelled or day.error:
+            raise EngineError(day.error or "cycle cancelled during the day; `sleepy cycle` continues it")
+        return [r.run_id for r in earlier] + [day.run_id]
+
+    def _cycle_adapter(self, n: int, dataset: DatasetInfo, on_event: ev.EventSink, cancel: threading.Event,
+                       overrides: dict) -> AdapterRecord:
+        """The adapter of cycle `n`: one already trained on this dataset for it, else a stopped training of it
+        resumed from its checkpoint, else a fresh one."""
+        done = [a for a in self.store.adapters() if a.cycle == n and not a.stopped and a.dataset is not None
+                and a.dataset.hash == dataset.hash and (a.gguf or a.mlx_dir or a.peft_dir)]
+        if done:
+            on_event(ev.Notice("info", f"cycle {n}: adapter {done[-1].adapter_id} is trained on this dataset; "
+                                       "reusing it"))
+            return done[-1]
+        interrupted = self.store.get_value("training_adapter_id") or ""
+        resume = interrupted.startswith(adapters.new_adapter_id(n)[:5])
+        if resume:
+            on_event(ev.Notice("info", f"cycle {n}: resuming the training of {interrupted} from its last checkpoint"))
+        try:
+            meta = self.train(dataset, cycle=n, on_event=on_event, stop=cancel, resume=resume, fresh=not resume,
+                              **overrides)
+        except ValueError as e:
+            if not resume or "can't resume" not in str(e):
+                raise
+            on_event(ev.Notice("warning", f"cycle {n}: {e}; training afresh"))
+            meta = self.train(dataset, cycle=n, on_event=on_event, stop=cancel, resume=False, fresh=True, **overrides)
+        if meta.stopped:
+            raise EngineError("cycle stopped during training; `sleepy cycle` (or `sleepy train --resume`) continues it")
+        return meta
+
+    def _validate_and_eval(self, meta: AdapterRecord, n: int, corpus: Corpus, on_event: ev.EventSink,
+                           cancel: threading.Event, serve: str) -> tuple[tuple[str, str], str]:
+        """The validation slice with the current model and with the candidate, and the candidate's frozen eval.
+
+        On the embedded model with CPUs to spare, the validation runs side by side with the frozen eval, each
+        model on half of the CPUs (a second llama.cpp instance: its threads would otherwise stall each other's);
+        the side run reports only notices, so a driver sees one run's koans at a time."""
+        current = self.current_adapter()
+
+        def validate(sink: ev.EventSink) -> tuple[str, str]:
+            return (self.validation_run(current, cycle=n, on_event=sink, cancel=cancel, backend_name=serve),
+                    self.validation_run(meta, cycle=n, on_event=sink, cancel=cancel, backend_name=serve))
+        cpus = usable_cpus()
+        if serve not in SIDE_BY_SIDE or cpus < 2 or not corpus.validation_set or self.settings.threads:
+            return validate(on_event), self._cycle_eval(meta, n, corpus, on_event, cancel)
+        per = max(1, (cpus - 1) // 2)
+        saved = self.settings
+        self.settings = saved.replace(threads=per)
+        side: dict = {}
+
+        def notices_only(e: ev.Event) -> None:
+            if isinstance(e, ev.Notice):
+                on_event(e)
+
+        def run_side() -> None:
+            try:
+                side["ids"] = validate(notices_only)
+            except BaseException as e:  # noqa: BLE001 - handed to the main thread, which raises it
+                side["error"] = e
+        on_event(ev.Notice("info", f"cycle {n}: the validation slice runs beside the frozen eval ({per} thread(s) "
+                                   "each)"))
+        worker = threading.Thread(target=run_side, name="cycle-validation", daemon=True)
+        worker.start()
+        try:
+            eval_id = self._cycle_eval(meta, n, corpus, on_event, cancel)
+        except BaseException:
+            cancel.set()
+            raise
+        finally:
+            worker.join()
+            self.settings = saved
+        if "error" in side:
+            raise side["error"]
+        for run_id in side["ids"]:
+            if run_id:
+                m = self.run_metrics(run_id)
+                on_event(ev.Notice("info", f"validation {run_id}: {m.passed}/{m.total} passed ({m.pass_rate:.1%})"))
+        return side["ids"], eval_id
+
+    def _cycle_eval(self, meta: AdapterRecord, n: int, corpus: Corpus, on_event: ev.EventSink,
+                    cancel: threading.Event) -> str:
+        """The frozen eval of the cycle's adapter: a finished one is reused, else it is run."""
+        frozen = {k.id for k in corpus.eval_set}
+        done = [r for r in self.store.runs() if r.kind == "eval" and r.status == "done" and r.every_koan_finished
+                and r.adapter_id == meta.adapter_id and frozen <= set(r.koan_ids) and r.sample is None]
+        if done:
+            on_event(ev.Notice("info", f"cycle {n}: the frozen eval of {meta.adapter_id} is done ({done[-1].run_id}); "
+                                       "reusing it"))
+            return done[-1].run_id
+        res = self.run_agent(corpus.eval_set, kind="eval", cycle=n, on_event=on_event, cancel=cancel,
+                             backend=self.make_backend(adapter=meta), adapter_id=meta.adapter_id)
+        if res.cancelled or res.error:
+            raise EngineError(res.error or "cycle cancelled during the eval; `sleepy cycle` continues it")
+        return res.run_id
+
+    def validation_run(self, adapter: AdapterRecord | None, *, cycle: int | None = None,
+                       on_event: ev.EventSink = ev.ignore, cancel: threading.Event | None = None,
+                       backend_name: str | None = None) -> str:
+        """The validation slice (training koans never trained on) run by `adapter` (None: the base model) with
+        `validation_attempts` attempts per koan: a finished run of it is reused, else it is run. Returns the
+        run's id; "" when the koan folder has no validation slice."""
+        koans = self.corpus().validation_set
+        if not koans:
+            return ""
+        want = adapter.adapter_id if adapter else ""
+        attempts = self.settings.validation_attempts
+        ids = {k.id for k in koans}
+        done = [r for r in self.store.runs() if r.kind == "validation" and r.status == "done" and r.every_koan_finished
+                and set(r.koan_ids) == ids and r.adapter_id == want and (want or not r.adapter)
+                and r.max_attempts == attempts and r.sample is None]
+        if done and not self.settings.adapter:        # an adapter file given by path is never taken as another
+            on_event(ev.Notice("info", f"validation: {done[-1].run_id} ran the slice with "
+                                       f"{want or 'the base model'}; reusing it"))
+            return done[-1].run_id
+        on_event(ev.Notice("info", f"validation: {len(koans)} held-out training koans with "
+                                   f"{adapter.adapter_id if adapter else 'the base model'}"))
+        res = self.run_agent(koans, kind="validation", cycle=cycle, on_event=on_event, cancel=cancel,
+                             backend=self.make_backend(adapter=adapter, backend_name=backend_name),
+                             adapter_id=want or None, max_attempts=attempts)
+        if res.cancelled or res.error:
+            raise EngineError(res.error or "validation cancelled")
+        return res.run_id

@@ -16,7 +16,7 @@ class Episode:
     run_id: str
     koan_id: str
     family: str
-    split: str                 # train | eval
+    split: str                 # train | eval | validation
     cycle: int
     attempt: int               # 1-based
     backend: str

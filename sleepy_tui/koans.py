@@ -2,6 +2,9 @@
 
 One TOML file per koan (`koans/<family>/<id>.toml`). The frozen eval set is named in
 `koans/frozen_eval.toml` with a content hash per koan, so an edited frozen koan is refused.
+
+Three splits: `eval` (the frozen set, for the gate's verdict alone), `validation` (a fixed slice of the other
+koans, never trained on either: it picks a cycle's recipe and guards against forgetting) and `train`.
 """
 
 from __future__ import annotations
@@ -21,6 +24,13 @@ TEST_FAILURE = "test_failure"   # expected_error of a behaviour-bug koan: it com
 _FAMILY_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,47}")  # a folder of the user's own: any such name
 REQUIRED = ("id", "family", "title", "expected_error", "buggy", "solution", "tests")
 OPTIONAL = ("hint",)
+# The validation slice: a training koan whose root id hashes below VALIDATION_SHARE of the range. It depends on
+# the id alone, so adding koans never moves one in or out (a koan trained on can't become a validation koan).
+# A koan generated from another (gen_<source>_...) goes with its source, so no mutant of a validation koan is
+# trained on. A folder with fewer than VALIDATION_MIN training koans keeps them all for training.
+VALIDATION_SHARE = 1 / 8
+VALIDATION_MIN = 40
+_GENERATED = re.compile(r"^gen_([A-Za-z]+_\d+)_")
 
 
 class KoanError(ValueError):
@@ -144,6 +154,10 @@ class Corpus:
     def train_set(self) -> list[Koan]:
         return self.select(split="train")
 
+    @property
+    def validation_set(self) -> list[Koan]:
+        return self.select(split="validation")
+
     def day_queue(self, count: int | None = None, family: str | None = None) -> list[Koan]:
         """The training koans in the order a day takes them: one of each family in turn (each family in id
         order), so that the first `count` cover every family rather than the first family alone."""
@@ -233,7 +247,23 @@ def load_corpus(root: Path | None = None, *, all_frozen: bool = False, strict: b
     for kid, k in koans.items():
         if all_frozen or kid in manifest:
             koans[kid] = _with_split(k, "eval")
+    if sum(k.split == "train" for k in koans.values()) >= VALIDATION_MIN:
+        for kid, k in koans.items():
+            if k.split == "train" and in_validation(kid):
+                koans[kid] = _with_split(k, "validation")
     return Corpus(koans=koans, errors=errors, edited=edited, frozen_ids=tuple(manifest))
+
+
+def root_id(koan_id: str) -> str:
+    """The koan a generated koan was made from (gen_bc_011_drop_clone_... -> bc_011); any other id itself."""
+    m = _GENERATED.match(koan_id)
+    return m.group(1) if m else koan_id
+
+
+def in_validation(koan_id: str) -> bool:
+    """Whether a (non-frozen) koan belongs to the validation slice: a stable hash of its root id."""
+    h = int(hashlib.sha256(f"validation:{root_id(koan_id)}".encode()).hexdigest()[:8], 16)
+    return h < VALIDATION_SHARE * 2 ** 32
 
 
 def _with_split(k: Koan, split: str) -> Koan:

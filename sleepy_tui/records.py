@@ -232,8 +232,8 @@ class RunRecord(Record):
     MIGRATIONS: ClassVar[dict] = {2: _run_2, 3: _run_3}
 
     run_id: str
-    kind: str = "day"                          # day | eval | rerun
-    split: str = "train"                       # train | eval
+    kind: str = "day"                          # day | eval | validation | rerun
+    split: str = "train"                       # train | eval | validation
     cycle: int = 0
     backend: str = ""
     model: str = ""
@@ -270,17 +270,32 @@ class RunRecord(Record):
 
 # ---- cycles ---------------------------------------------------------------------------------------------------
 
+def _facts_2(doc: dict) -> dict:
+    """The gate compared the validation slice too; before, it was not measured."""
+    return {"validation_before": None, "validation_after": None, "validation_regressions": [], **doc}
+
+
 @dataclass(frozen=True)
 class GateFacts(Record):
-    """What the gate compared: the frozen pass rate before and after, the koans that regressed and gained."""
-    SCHEMA: ClassVar[int] = 1
+    """What the gate compared: the frozen pass rate before and after, the koans that regressed and gained, and
+    the validation slice's pass rate before and after."""
+    SCHEMA: ClassVar[int] = 2
     LABEL: ClassVar[str] = "gate facts"
+    MIGRATIONS: ClassVar[dict] = {2: _facts_2}
+
+    @classmethod
+    def implied_version(cls, doc: dict) -> int:
+        return 2 if "validation_after" in doc else 1
 
     pass_rate_before: float | None = None
     pass_rate_after: float | None = None
     regressions: list[str] = field(default_factory=list)
     gains: list[str] = field(default_factory=list)
     regressions_allowed: int | None = None     # None: recorded before the gate had a tolerance count
+    # the validation slice (training koans never trained on), base and candidate; None: not measured
+    validation_before: float | None = None
+    validation_after: float | None = None
+    validation_regressions: list[str] = field(default_factory=list)
     extra: dict = field(default_factory=dict)
 
 
@@ -289,13 +304,20 @@ def _cycle_2(doc: dict) -> dict:
     return {"regressions_allowed": None, **doc}
 
 
+def _cycle_3(doc: dict) -> dict:
+    """Cycles recorded the validation slice's runs and pass rates, and every run of a day continued after a stop;
+    before, there was no validation slice and a day was one run."""
+    return {"day_run_ids": [doc["day_run_id"]] if doc.get("day_run_id") else [], "validation_before_run_id": "",
+            "validation_run_id": "", "validation_before": None, "validation_after": None, "validation_regressions": [], **doc}
+
+
 @dataclass(frozen=True)
 class CycleRecord(Record):
     """One cycle (day -> sleep -> eval -> gate), or cycle 0: the baseline eval (engine.py writes it)."""
-    SCHEMA: ClassVar[int] = 2
+    SCHEMA: ClassVar[int] = 3
     KEY: ClassVar[str | None] = "cycle"
     LABEL: ClassVar[str] = "cycle"
-    MIGRATIONS: ClassVar[dict] = {2: _cycle_2}
+    MIGRATIONS: ClassVar[dict] = {2: _cycle_2, 3: _cycle_3}
 
     cycle: int
     eval_run_id: str = ""
@@ -303,7 +325,8 @@ class CycleRecord(Record):
     promoted: bool = False
     reason: str = ""
     time: float = 0.0
-    day_run_id: str = ""
+    day_run_id: str = ""                       # the day's last run
+    day_run_ids: list[str] = field(default_factory=list)   # all of its runs (a day continued after a stop)
     baseline_eval_run_id: str = ""
     dataset: DatasetRecord | None = None
     train: dict[str, Any] = field(default_factory=dict)          # steps, initial_loss, final_loss, duration_s
@@ -312,10 +335,17 @@ class CycleRecord(Record):
     regressions: list[str] = field(default_factory=list)
     gains: list[str] = field(default_factory=list)
     regressions_allowed: int | None = None
+    validation_before_run_id: str = ""         # the validation slice, run by the base and by the candidate
+    validation_run_id: str = ""
+    validation_before: float | None = None
+    validation_after: float | None = None
+    validation_regressions: list[str] = field(default_factory=list)
     extra: dict = field(default_factory=dict)
 
     @classmethod
     def implied_version(cls, doc: dict) -> int:
+        if "validation_run_id" in doc:
+            return 3
         return 2 if "regressions_allowed" in doc else 1
 
 

@@ -121,3 +121,24 @@ def test_every_grouped_setting_is_a_flag_of_its_commands():
     args = parser.parse_args(["eval", "--cycle", "0", "--parallel", "3", "--retry-strategy", "fixed", "--seed", "7"])
     s = _settings(args)
     assert (s.parallel, s.retry_strategy, s.seed) == (3, "fixed", 7)
+
+
+def test_eval_validation_runs_the_held_out_slice_and_reuses_a_finished_run(koan_dir, tmp_path, capsys, monkeypatch):
+    import json
+
+    from sleepy_tui import koans as koans_module
+    code, _, err = run(["eval", "--validation", "--koans", str(koan_dir), "--backend", "fake"], capsys)
+    assert code != 0 and "no validation slice" in err and "Traceback" not in err
+    code, _, err = run(["eval", "--koans", str(koan_dir), "--backend", "fake"], capsys)
+    assert code != 0 and "--cycle N is required" in err
+    monkeypatch.setattr(koans_module, "VALIDATION_MIN", 1)        # bc_901's id hashes into the slice
+    solution = koans_module.load_corpus(koan_dir).koans["bc_901"].solution
+    script = tmp_path / "replies.json"
+    script.write_text(json.dumps([f"```rust\n{solution}\n```"]))
+    state = ["--koans", str(koan_dir), "--state", str(tmp_path / "st"), "--backend", "fake", "--model", str(script)]
+    code, out, _ = run(["eval", "--validation", *state], capsys)
+    assert code == 0 and "1/1 passed" in out and "borrow_checker" in out
+    code, out, err = run(["eval", "--validation", *state], capsys)    # the one reply is spent: reused, not rerun
+    assert code == 0 and "reusing it" in out + err and "1/1 passed" in out
+    code, out, _ = run(["koans", "list", "--koans", str(koan_dir), "--split", "validation"], capsys)
+    assert "bc_901" in out and "1 koans" in out

@@ -65,3 +65,129 @@ def test_cycle_refuses_backends_that_cannot_load_adapters(setup):
     engine.settings = engine.settings.replace(backend="ollama")
     with pytest.raises(EngineError, match="can't load a fresh adapter"):
         engine.cycle()
+
+
+HELD_OUT_KOAN = '''\
+id = "bc_901"
+family = "borrow_checker"
+title = "Join the names, then say how many there were"
+expected_error = "E0382"
+buggy = \'\'\'
+pub fn joined(names: Vec<String>) -> (String, usize) {
+    let all = names.into_iter().collect::<Vec<_>>().join("+");
+    (all, names.len())
+}
+\'\'\'
+solution = \'\'\'
+pub fn joined(names: Vec<String>) -> (String, usize) {
+    let how_many = names.len();
+    let all = names.into_iter().collect::<Vec<_>>().join("+");
+    (all, how_many)
+}
+\'\'\'
+tests = \'\'\'
+    #[test]
+    fn joins_and_counts() {
+        assert_eq!(joined(vec!["a".to_string(), "b".to_string()]), ("a+b".to_string(), 2));
+    }
+\'\'\'
+'''
+
+
+@pytest.fixture
+def with_validation(setup, monkeypatch):
+    """The tiny corpus with a validation slice: bc_901 (its id hashes into the slice) is held out, bc_902 and
+    bc_903 are trained on."""
+    from sleepy_tui import koans as koans_module
+    from tests.conftest import write_koan
+    engine, corpus, replies, trainer = setup
+    monkeypatch.setattr(koans_module, "VALIDATION_MIN", 1)
+    write_koan(engine.settings.koans_path, "bc_903")
+    # a program of its own: the mini koans differ only by a number, and the leak guard rightly calls a near-copy
+    # of a held-out koan a leak
+    write_koan(engine.settings.koans_path, "bc_901", text=HELD_OUT_KOAN)
+    corpus = engine.corpus()
+    assert [k.id for k in corpus.validation_set] == ["bc_901"]
+    assert [k.id for k in corpus.train_set] == ["bc_902", "bc_903"]
+    return engine, corpus, replies, trainer
+
+
+def test_the_gate_refuses_an_adapter_that_loses_on_the_validation_slice(with_validation):
+    engine, corpus, replies, trainer = with_validation
+    k = corpus.koans
+    replies += ["no idea"]                                               # baseline eval: bc_900 fails
+    replies += [fence(k["bc_902"].solution), fence(k["bc_903"].solution)]  # day: both pass
+    replies += [fence(k["bc_901"].solution), "forgot it"]                # validation: base passes, candidate not
+    replies += [fence(k["bc_900"].solution)]                             # frozen eval: a gain
+    rec = engine.cycle()
+    assert rec.gains == ["bc_900"] and not rec.promoted and "validation pass rate dropped" in rec.reason
+    assert (rec.validation_before, rec.validation_after, rec.validation_regressions) == (1.0, 0.0, ["bc_901"])
+    assert engine.current_adapter() is None
+    runs = {r.run_id: r for r in engine.runs("validation")}
+    assert set(runs) == {rec.validation_before_run_id, rec.validation_run_id}
+    assert all(r.split == "validation" and r.max_attempts == 1 for r in runs.values())
+    assert runs[rec.validation_run_id].adapter_id == rec.adapter_id and not runs[rec.validation_before_run_id].adapter_id
+    assert {d["koan_id"] for d in trainer.datasets[0]} == {"bc_902", "bc_903"}   # the held-out koan: never
+    assert engine.store.adapters()[0].eval.validation_after == 0.0
+
+
+def test_a_cycle_started_again_continues_where_it_stopped(with_validation):
+    """A day cut off by a failure keeps its finished koans; the next start runs only the rest, trains once,
+    and a failed eval is the only stage run again after that."""
+    from sleepy_tui.backends.base import BackendUnavailable
+    engine, corpus, replies, trainer = with_validation
+    k = corpus.koans
+    replies += ["no idea"]                                                # baseline eval
+    replies += [fence(k["bc_902"].solution), BackendUnavailable("the server went away")]   # day: cut at bc_903
+    replies += [fence(k["bc_903"].solution)]                              # 2nd start: the rest of the day
+    replies += [fence(k["bc_901"].solution), fence(k["bc_901"].solution)]  # validation: base, candidate
+    replies += [BackendUnavailable("gone again")]                         # the frozen eval fails
+    replies += [fence(k["bc_900"].solution)]                              # 3rd start: only the eval again
+    with pytest.raises(EngineError, match="went away"):
+        engine.cycle()
+    with pytest.raises(EngineError, match="gone again"):
+        engine.cycle()
+    notices = []
+    rec = engine.cycle(on_event=lambda e: notices.append(getattr(e, "message", "")))
+    assert rec.cycle == 1 and rec.promoted and rec.gains == ["bc_900"]
+    assert len(trainer.datasets) == 1 and {d["koan_id"] for d in trainer.datasets[0]} == {"bc_902", "bc_903"}
+    assert len(engine.runs("day")) == 2 and rec.day_run_ids == [r.run_id for r in engine.runs("day")]
+    assert len(engine.runs("validation")) == 2
+    said = " ".join(notices)
+    assert "finished 2 of 2 koans" in said and "reusing it" in said and "validation" in said
+
+
+def test_the_validation_slice_runs_beside_the_frozen_eval_on_half_the_cpus(with_validation, monkeypatch):
+    """On a model served in process, a second instance runs the validation slice while the first runs the
+    frozen eval, each on half of the spare CPUs; only the eval's koans reach the driver."""
+    import threading
+
+    from sleepy_tui import engine as engine_module
+    from sleepy_tui import events as ev
+    from sleepy_tui.backends.fake import ScriptedBackend
+    engine, corpus, _, trainer = with_validation
+    k = corpus.koans
+    monkeypatch.setattr(engine_module, "SIDE_BY_SIDE", ("fake",))
+    monkeypatch.setattr(engine_module, "usable_cpus", lambda: 5)
+    scripts = {("MainThread", False): ["no idea", fence(k["bc_902"].solution), fence(k["bc_903"].solution)],
+               ("cycle-validation", False): [fence(k["bc_901"].solution)],
+               ("cycle-validation", True): [fence(k["bc_901"].solution)],
+               ("MainThread", True): [fence(k["bc_900"].solution)]}
+    made, backends = [], {}
+
+    def factory(s, on_notice=None):          # one scripted model per thread and adapter, each with its replies
+        role = (threading.current_thread().name, bool(s.adapter))
+        made.append((role, s.threads))
+        if role not in backends:
+            backends[role] = ScriptedBackend(scripts[role], delay_s=0.001)
+        return backends[role]
+    engine.backend_factory = factory
+    seen = []
+    rec = engine.cycle(on_event=seen.append)
+    assert rec.promoted and rec.gains == ["bc_900"] and (rec.validation_before, rec.validation_after) == (1.0, 1.0)
+    assert all(b.remaining == 0 for b in backends.values()) and len(backends) == 4
+    assert [t for role, t in made if role[0] == "cycle-validation" or role[1]] == [2, 2, 2]
+    assert engine.settings.threads == 0                                     # restored
+    started = [e.run_id for e in seen if isinstance(e, ev.RunStarted)]
+    assert not set(started) & {rec.validation_before_run_id, rec.validation_run_id}
+    assert any("runs beside the frozen eval" in getattr(e, "message", "") for e in seen)

@@ -33,6 +33,16 @@ def test_the_version_of_an_unversioned_document_comes_from_its_fields():
     assert (run.adapter_id, run.temperature, run.parallel) == ("c001", 0.2, 3)
 
 
+def test_a_cycle_before_the_validation_slice_reads_as_unmeasured():
+    from sleepy_tui.records import GateFacts
+    old = CycleRecord.from_dict({"schema": 2, "cycle": 1, "day_run_id": "day-1", "regressions_allowed": 0})
+    assert old.day_run_ids == ["day-1"] and old.validation_run_id == "" and old.validation_after is None
+    assert CycleRecord.implied_version({"cycle": 1, "validation_run_id": "v"}) == 3
+    assert CycleRecord.from_dict(old.to_dict()) == old and old.to_dict()["schema"] == 3
+    facts = GateFacts.from_dict({"pass_rate_before": 0.5, "regressions": ["k"]})
+    assert facts.validation_before is None and facts.validation_regressions == [] and facts.regressions == ["k"]
+
+
 def test_unknown_fields_are_kept_and_written_back():
     doc = {"schema": 1, "cycle": 2, "promoted": True, "a_later_field": [1, 2]}
     cycle = CycleRecord.from_dict({**doc, "schema": 2})

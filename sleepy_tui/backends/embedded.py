@@ -180,7 +180,7 @@ class EmbeddedBackend(Backend):
 
     @classmethod
     def from_settings(cls, settings) -> "EmbeddedBackend":
-        return cls(model=settings.model, adapter=settings.adapter or None)
+        return cls(model=settings.model, adapter=settings.adapter or None, n_threads=max(0, settings.threads))
 
     def _gguf_file(self) -> tuple[Path, str, str]:
         """(the GGUF file, the model's name, a note when the default model is absent and the fast one runs)."""

@@ -53,7 +53,8 @@ def _squash(code: str) -> str:
 
 
 class LeakGuard:
-    """Knows the frozen eval koans; says whether an example would leak one into training."""
+    """Knows the koans never trained on (the frozen set, the validation slice); says whether an example would
+    leak one of them into training: by id, by a verbatim program, or by a near-copy of one as the reply."""
 
     def __init__(self, eval_koans: list[Koan]):
         from ..similarity import frozen_programs
@@ -101,8 +102,8 @@ def collect_examples(store: Store, corpus: Corpus, run_ids: list[str] | None = N
         for e in {eps[0]["attempt"]: eps[0], eps[-1]["attempt"]: eps[-1]}.values():
             out.append(_example(kid, koan.family, "reference", e["prompt"], koan.solution))
     for c in store.corrections():
-        if c.get("passed") and c.get("koan_id") in corpus.koans:
-            koan = corpus.koans[c["koan_id"]]
+        koan = corpus.koans.get(c.get("koan_id"))
+        if c.get("passed") and koan is not None and koan.split == "train":
             prompt = c.get("prompt") or build_messages(koan)
             out.append(_example(koan.id, koan.family, "correction", prompt, c["code"]))
     return out
@@ -120,7 +121,7 @@ def reference_examples(corpus: Corpus, koans: list[Koan] | None = None, sandbox=
 def build_dataset(store: Store, corpus: Corpus, *, replay_share: float = 0.3, run_ids: list[str] | None = None,
                   extra: list[dict] | None = None, seed: int = 0) -> DatasetInfo:
     """Write a deduplicated, leak-free JSONL dataset under state/datasets/ and return what went in."""
-    guard = LeakGuard(corpus.eval_set)
+    guard = LeakGuard(corpus.eval_set + corpus.validation_set)   # neither is ever trained on
     fresh = collect_examples(store, corpus, run_ids) + list(extra or [])
     examples: list[dict] = []
     seen: set[str] = set()

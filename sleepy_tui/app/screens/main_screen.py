@@ -85,7 +85,8 @@ class MainScreen(Screen):
         if corpus is None:
             self._status("no koans loaded")
             return
-        counts = f"{len(corpus.train_set)} train · {len(corpus.eval_set)} eval koans"
+        held = f" · {len(corpus.validation_set)} validation" if corpus.validation_set else ""
+        counts = f"{len(corpus.train_set)} train{held} · {len(corpus.eval_set)} eval koans"
         last = self.snapshot.last_run
         if last and last.total:
             counts += f" · last {last.kind} run {last.passed or 0}/{last.total} passed"

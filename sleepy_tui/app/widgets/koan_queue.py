@@ -34,8 +34,8 @@ class KoanQueue(Vertical):
         with Horizontal(id="queue-filters"):
             # the families of the folder in use (a user's own folder has its own): set when the corpus is loaded
             yield Select([], prompt="all families", id="family-filter", compact=True)
-            yield Select([("train", "train"), ("eval", "eval")], prompt="all splits", id="split-filter",
-                         compact=True)
+            yield Select([("train", "train"), ("validation", "validation"), ("eval", "eval")], prompt="all splits",
+                         id="split-filter", compact=True)
         yield DataTable(id="queue-table", cursor_type="row")
 
     def on_mount(self) -> None:
