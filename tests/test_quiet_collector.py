@@ -1,5 +1,6 @@
 """QuietCollector (priority.py): Python's own full garbage collections stop while it runs; a full one runs once
-nobody has typed for a while, at the latest after `at_most_s`; stop() gives the thresholds back."""
+nobody has typed for a while; with no pause, a free freeze every `at_most_s` and a collection after
+`collect_at_most_s`; stop() gives the thresholds back."""
 
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ class Clock:
 
 def test_full_collections_wait_for_a_pause_in_typing_and_never_wait_forever():
     clock, before = Clock(), gc.get_threshold()
-    c = QuietCollector(quiet_s=1.0, every_s=10.0, at_most_s=60.0, clock=clock)
+    c = QuietCollector(quiet_s=1.0, every_s=10.0, at_most_s=60.0, collect_at_most_s=300.0, clock=clock)
     assert not c.tick()                                  # not started: it leaves the collector alone
     c.start()
     try:
@@ -33,12 +34,18 @@ def test_full_collections_wait_for_a_pause_in_typing_and_never_wait_forever():
         clock.now += 0.6
         assert c.tick() and len(c.durations) == 1        # 1.1 s without a key, 12 s since the last
         last = clock.now
-        for _ in range(200):                             # a key every half second
+        frozen_at = []
+        for _ in range(1000):                            # a key every half second, on and on
             clock.now += 0.5
             c.key_pressed()
+            before_freezes = c.freezes
             if c.tick():
                 break
-        assert len(c.durations) == 2 and 60 <= clock.now - last < 60.5   # forced after 60 s, typing or not
+            if c.freezes > before_freezes:
+                frozen_at.append(clock.now - last)
+        # every 60 s a free freeze instead of a collection; after 300 s a full collection, typing or not
+        assert [round(t) for t in frozen_at] == [60, 120, 180, 240] and len(c.durations) == 2
+        assert 300 <= clock.now - last < 300.5
     finally:
         c.stop()
     assert gc.get_threshold() == before
