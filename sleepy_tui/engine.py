@@ -499,7 +499,7 @@ class Engine:
         dataset = self.build_dataset(run_ids=day_ids, corpus=corpus)
         on_event(ev.Notice("info", f"dataset {dataset.hash}: {dataset.examples} examples {dataset.by_provenance}"))
         meta = self._cycle_adapter(n, dataset, on_event, cancel, train_overrides or {})
-        validation, eval_id = self._validate_and_eval(meta, n, corpus, on_event, cancel, serve)
+        meta, validation, by_step, eval_id = self._validate_and_eval(meta, n, corpus, on_event, cancel, serve)
         promote, reason, facts = self.gate(baseline, eval_id, validation)
         meta = replace(meta, eval_run_id=eval_id, eval=GateFacts.from_dict(facts))
         adapters.record(self.store, meta)
@@ -512,7 +512,8 @@ class Engine:
             "train": {"steps": meta.steps, "initial_loss": meta.initial_loss, "final_loss": meta.final_loss,
                       "duration_s": meta.duration_s},
             "validation_before_run_id": validation[0], "validation_run_id": validation[1],
-            "day_run_ids": day_ids, "time": time.time(), **facts})
+            "validation_by_step": {str(k): v for k, v in sorted(by_step.items())}, "day_run_ids": day_ids,
+            "time": time.time(), **facts})
         self.store.save_cycle(record)
         on_event(ev.Notice("info" if promote else "warning",
                            f"cycle {n}: adapter {meta.adapter_id} {'promoted' if promote else 'kept out'}: {reason}"))
@@ -568,53 +569,123 @@ class Engine:
         return meta
 
     def _validate_and_eval(self, meta: AdapterRecord, n: int, corpus: Corpus, on_event: ev.EventSink,
-                           cancel: threading.Event, serve: str) -> tuple[tuple[str, str], str]:
-        """The validation slice with the current model and with the candidate, and the candidate's frozen eval.
+                           cancel: threading.Event, serve: str
+                           ) -> tuple[AdapterRecord, tuple[str, str], dict[int, float], str]:
+        """The validation slice with the current model and with the candidates, then the frozen eval of the one
+        it picks: (that adapter, the two validation run ids, validation pass rate by step, the eval run id).
 
-        On the embedded model with CPUs to spare, the validation runs side by side with the frozen eval, each
-        model on half of the CPUs (a second llama.cpp instance: its threads would otherwise stall each other's);
-        the side run reports only notices, so a driver sees one run's koans at a time."""
+        The candidates are the trained adapter and the adapters of its last checkpoints (`validation_picks` in
+        all). The best validation pass rate wins, the fewest steps on a tie: the frozen set never chooses.
+        On the embedded model with CPUs to spare, two llama.cpp instances share the work, each on half of the
+        CPUs: with one candidate, its validation runs beside the frozen eval; with several, the validation runs
+        in two lanes before it. A side lane reports only notices, so a driver sees one run's koans at a time."""
         current = self.current_adapter()
+        candidates = self._picks(meta, on_event) if corpus.validation_set else [meta]
+        lanes = 2 if (serve in SIDE_BY_SIDE and usable_cpus() >= 2 and corpus.validation_set
+                      and not self.settings.threads) else 1
 
-        def validate(sink: ev.EventSink) -> tuple[str, str]:
-            return (self.validation_run(current, cycle=n, on_event=sink, cancel=cancel, backend_name=serve),
-                    self.validation_run(meta, cycle=n, on_event=sink, cancel=cancel, backend_name=serve))
-        cpus = usable_cpus()
-        if serve not in SIDE_BY_SIDE or cpus < 2 or not corpus.validation_set or self.settings.threads:
-            return validate(on_event), self._cycle_eval(meta, n, corpus, on_event, cancel)
-        per = max(1, (cpus - 1) // 2)
+        def validation(adapter: AdapterRecord | None) -> Callable[[ev.EventSink], str]:
+            return lambda sink: self.validation_run(adapter, cycle=n, on_event=sink, cancel=cancel,
+                                                    backend_name=serve)
+        if len(candidates) == 1:
+            def both(sink: ev.EventSink) -> tuple[str, str]:
+                return validation(current)(sink), validation(meta)(sink)
+            if lanes == 1:
+                ids = both(on_event)
+                return meta, ids, {}, self._cycle_eval(meta, n, corpus, on_event, cancel)
+            on_event(ev.Notice("info", f"cycle {n}: the validation slice runs beside the frozen eval"))
+            eval_id, ids = self._in_lanes([lambda sink: self._cycle_eval(meta, n, corpus, sink, cancel), both],
+                                          on_event, cancel)
+            self._say_validation(ids, on_event)
+            return meta, ids, {}, eval_id
+        jobs = [validation(a) for a in [current, *candidates]]
+        if lanes == 1:
+            ids = [job(on_event) for job in jobs]
+        else:
+            on_event(ev.Notice("info", f"cycle {n}: the validation slice picks among {len(candidates)} "
+                                       "checkpoints, in two lanes"))
+            halves = [jobs[0::2], jobs[1::2]]
+            out = self._in_lanes([lambda sink, h=h: [job(sink) for job in h] for h in halves], on_event, cancel)
+            ids = [None] * len(jobs)
+            ids[0::2], ids[1::2] = out
+            self._say_validation(ids, on_event)
+        rates = {c.steps: self.run_metrics(i).pass_rate for c, i in zip(candidates, ids[1:])}
+        best = max(candidates, key=lambda c: (rates[c.steps], -c.steps))
+        on_event(ev.Notice("info", f"cycle {n}: validation pass rate by step: "
+                                   + ", ".join(f"{step} {rate:.0%}" for step, rate in sorted(rates.items()))
+                                   + f"; step {best.steps} chosen"))
+        if best is not meta:
+            adapters.record(self.store, best)
+        chosen = ids[1 + candidates.index(best)]
+        return best, (ids[0], chosen), rates, self._cycle_eval(best, n, corpus, on_event, cancel)
+
+    def _in_lanes(self, jobs: list[Callable[[ev.EventSink], object]], on_event: ev.EventSink,
+                  cancel: threading.Event) -> list:
+        """Run `jobs` at once, each with its own model instance on an equal share of the spare CPUs: the first in
+        this thread with every event, the others in threads of their own that pass on notices only. Their
+        results in order; an error in any is raised once all have ended (the others are told to stop)."""
+        per = max(1, (usable_cpus() - 1) // len(jobs))
         saved = self.settings
         self.settings = saved.replace(threads=per)
-        side: dict = {}
+        results: list = [None] * len(jobs)
+        errors: list[BaseException] = []
 
         def notices_only(e: ev.Event) -> None:
             if isinstance(e, ev.Notice):
                 on_event(e)
 
-        def run_side() -> None:
+        def lane(i: int) -> None:
             try:
-                side["ids"] = validate(notices_only)
-            except BaseException as e:  # noqa: BLE001 - handed to the main thread, which raises it
-                side["error"] = e
-        on_event(ev.Notice("info", f"cycle {n}: the validation slice runs beside the frozen eval ({per} thread(s) "
-                                   "each)"))
-        worker = threading.Thread(target=run_side, name="cycle-validation", daemon=True)
-        worker.start()
+                results[i] = jobs[i](notices_only)
+            except BaseException as e:  # noqa: BLE001 - handed to the first lane, which raises it
+                errors.append(e)
+                cancel.set()
+        workers = [threading.Thread(target=lane, args=(i,), name="cycle-validation", daemon=True)
+                   for i in range(1, len(jobs))]
+        for w in workers:
+            w.start()
         try:
-            eval_id = self._cycle_eval(meta, n, corpus, on_event, cancel)
+            results[0] = jobs[0](on_event)
         except BaseException:
             cancel.set()
             raise
         finally:
-            worker.join()
+            for w in workers:
+                w.join()
             self.settings = saved
-        if "error" in side:
-            raise side["error"]
-        for run_id in side["ids"]:
+        if errors:
+            raise errors[0]
+        return results
+
+    def _say_validation(self, run_ids, on_event: ev.EventSink) -> None:
+        for run_id in run_ids:
             if run_id:
                 m = self.run_metrics(run_id)
                 on_event(ev.Notice("info", f"validation {run_id}: {m.passed}/{m.total} passed ({m.pass_rate:.1%})"))
-        return side["ids"], eval_id
+
+    def _picks(self, meta: AdapterRecord, on_event: ev.EventSink) -> list[AdapterRecord]:
+        """The cycle's candidates: the adapters of the last `validation_picks` - 1 checkpoints before the end of
+        its training (each exported for llama.cpp once), then the trained adapter itself."""
+        want = self.settings.validation_picks - 1
+        if want <= 0 or meta.mlx_dir:
+            return [meta]
+        from .training import checkpoint
+        folders = [(step, f) for step, f in checkpoint.saved_adapters(self.adapter_dir(meta.adapter_id))
+                   if 0 < step < meta.steps][-want:]
+        picks = []
+        for step, folder in folders:
+            gguf = ""
+            if meta.trainer == "torch":
+                from .training.gguf_export import export_gguf_lora
+                gguf_path = folder / "adapter.gguf"
+                if not gguf_path.is_file():
+                    export_gguf_lora(folder, gguf_path, base_gguf=meta.base_gguf or None)
+                gguf = str(gguf_path)
+            curve = [p for p in meta.loss_curve if p.get("step", 0) <= step]
+            picks.append(replace(meta, adapter_id=f"{meta.adapter_id}@{step}", steps=step, gguf=gguf,
+                                 peft_dir=str(folder), final_loss=curve[-1]["loss"] if curve else None,
+                                 loss_curve=curve, extra={**meta.extra, "checkpoint_of": meta.adapter_id}))
+        return picks + [meta]
 
     def _cycle_eval(self, meta: AdapterRecord, n: int, corpus: Corpus, on_event: ev.EventSink,
                     cancel: threading.Event) -> str:

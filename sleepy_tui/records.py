@@ -308,7 +308,8 @@ def _cycle_3(doc: dict) -> dict:
     """Cycles recorded the validation slice's runs and pass rates, and every run of a day continued after a stop;
     before, there was no validation slice and a day was one run."""
     return {"day_run_ids": [doc["day_run_id"]] if doc.get("day_run_id") else [], "validation_before_run_id": "",
-            "validation_run_id": "", "validation_before": None, "validation_after": None, "validation_regressions": [], **doc}
+            "validation_run_id": "", "validation_before": None, "validation_after": None,
+            "validation_by_step": {}, "validation_regressions": [], **doc}
 
 
 @dataclass(frozen=True)
@@ -340,6 +341,7 @@ class CycleRecord(Record):
     validation_before: float | None = None
     validation_after: float | None = None
     validation_regressions: list[str] = field(default_factory=list)
+    validation_by_step: dict[str, float] = field(default_factory=dict)   # the checkpoints it chose among
     extra: dict = field(default_factory=dict)
 
     @classmethod

@@ -191,3 +191,90 @@ def test_the_validation_slice_runs_beside_the_frozen_eval_on_half_the_cpus(with_
     started = [e.run_id for e in seen if isinstance(e, ev.RunStarted)]
     assert not set(started) & {rec.validation_before_run_id, rec.validation_run_id}
     assert any("runs beside the frozen eval" in getattr(e, "message", "") for e in seen)
+
+
+class CheckpointingTrainer:
+    """Like RecordingTrainer, and leaves the adapter of a checkpoint every `every` steps, as the real ones do."""
+    name = "fake"
+
+    def __init__(self, every):
+        self.every, self.datasets = every, []
+
+    def train(self, dataset, config, out_dir, *, on_event, stop=None, resume=True):
+        import json
+
+        from sleepy_tui.training import checkpoint
+        from sleepy_tui.training.base import TrainResult
+        self.datasets.append([json.loads(line) for line in open(dataset)])
+        for step in range(self.every, config.steps + 1, self.every):
+            def fill(tmp, step=step):
+                for name in ("adapter_config.json", "adapter_model.safetensors", "state"):
+                    (tmp / name).write_text(str(step))
+            checkpoint.save(out_dir, step, fill, ("state",))
+        (out_dir / "adapter").mkdir(parents=True, exist_ok=True)
+        return TrainResult(out_dir / "adapter", config.steps, [1.0 / (i + 1) for i in range(config.steps)])
+
+
+def test_the_validation_slice_picks_the_checkpoint_and_the_frozen_set_only_judges_it(with_validation):
+    """Three candidates (steps 2, 4 and the trained 6): the one the validation slice scores best is the one the
+    frozen set evaluates, recorded as an adapter of its own; the frozen set never chooses."""
+    engine, corpus, replies, _ = with_validation
+    k = corpus.koans
+    trainer = CheckpointingTrainer(every=2)
+    engine.trainer_factory = lambda s: trainer
+    engine.settings = engine.settings.replace(steps=6, validation_picks=3)
+    from sleepy_tui.backends.fake import ScriptedBackend
+    paths = []
+    solved, failed = fence(k["bc_901"].solution), "no idea"
+    scripts = [["no idea"],                                                     # baseline eval: bc_900 fails
+               [fence(k["bc_902"].solution), fence(k["bc_903"].solution)],      # day
+               [solved], [failed], [solved], [failed],                          # validation: base, @2, @4, @6
+               [fence(k["bc_900"].solution)]]                                   # frozen eval of the chosen
+
+    def factory(s, on_notice=None):          # one backend per run, in the order the cycle makes them
+        paths.append(s.adapter)
+        return ScriptedBackend(scripts[len(paths) - 1])
+    engine.backend_factory = factory
+    rec = engine.cycle()
+    assert rec.validation_by_step == {"2": 0.0, "4": 1.0, "6": 0.0}
+    chosen = engine.store.adapters()
+    assert rec.adapter_id.endswith("@4") and rec.train["steps"] == 4 and rec.promoted
+    assert {a.adapter_id for a in chosen} >= {rec.adapter_id, rec.adapter_id.split("@")[0]}
+    assert engine.current_adapter().peft_dir.endswith("step-000004")
+    assert paths[-1].endswith("step-000004")                   # the frozen eval ran the chosen one
+    assert paths[2] == "" and paths[3].endswith("step-000002") and paths[4].endswith("step-000004")
+    assert paths[5].endswith("/adapter") and (rec.validation_before, rec.validation_after) == (1.0, 1.0)
+
+
+def test_several_candidates_are_validated_in_two_lanes_before_the_frozen_eval(with_validation, monkeypatch):
+    import threading
+
+    from sleepy_tui import engine as engine_module
+    from sleepy_tui.backends.fake import ScriptedBackend
+    engine, corpus, _, _ = with_validation
+    k = corpus.koans
+    monkeypatch.setattr(engine_module, "SIDE_BY_SIDE", ("fake",))
+    monkeypatch.setattr(engine_module, "usable_cpus", lambda: 3)
+    trainer = CheckpointingTrainer(every=2)
+    engine.trainer_factory = lambda s: trainer
+    engine.settings = engine.settings.replace(steps=6, validation_picks=3)
+    solved, failed = fence(k["bc_901"].solution), "no idea"
+    scripts = {"": ["no idea", fence(k["bc_902"].solution), fence(k["bc_903"].solution), solved],
+               "step-000002": [failed], "step-000004": [solved, fence(k["bc_900"].solution)], "adapter": [failed]}
+    backends, threads = {}, {}
+
+    def factory(s, on_notice=None):          # one scripted model per adapter, as llama.cpp loads one per file
+        key = s.adapter.rsplit("/", 1)[-1]
+        threads.setdefault(key, set()).add((threading.current_thread().name, s.threads))
+        if key not in backends:
+            backends[key] = ScriptedBackend(scripts[key])
+        return backends[key]
+    engine.backend_factory = factory
+    rec = engine.cycle()
+    assert rec.validation_by_step == {"2": 0.0, "4": 1.0, "6": 0.0} and rec.adapter_id.endswith("@4") and rec.promoted
+    assert all(b.remaining == 0 for b in backends.values())
+    # base and @4 in this thread, @2 and the trained one beside it, each on 1 of the 2 spare CPUs; then the
+    # frozen eval of @4 alone, on the default threads
+    assert threads["step-000002"] == threads["adapter"] == {("cycle-validation", 1)}
+    assert threads["step-000004"] == {("MainThread", 1), ("MainThread", 0)}
+    assert engine.settings.threads == 0

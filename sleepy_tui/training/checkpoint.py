@@ -5,7 +5,9 @@
     out_dir/adapter/                   the final adapter
 
 A checkpoint is written to a temporary folder and renamed into place (`atomic.write_folder`); the last
-KEEP_LAST are kept. Resuming is allowed only into the same setup: the same dataset bytes and the same config,
+KEEP_LAST are kept whole. Of the older ones only the adapter stays (a few MB: the cycle's validation slice
+chooses among them); without their state file they are no longer complete, so nothing resumes from them.
+Resuming is allowed only into the same setup: the same dataset bytes and the same config,
 apart from the fields in RESUME_FREE.
 """
 
@@ -23,6 +25,7 @@ from .base import TrainConfig
 CHECKPOINTS = "checkpoints"
 ADAPTER = "adapter"
 KEEP_LAST = 2
+ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors", "adapters.safetensors")  # peft's, mlx's
 # Config fields a resumed run may change without changing what it computes.
 RESUME_FREE = ("checkpoint_every", "device")
 _STEP = re.compile(r"^step-(\d{6})$")
@@ -49,8 +52,28 @@ def save(out_dir: Path, step: int, fill: Callable[[Path], None], required: tuple
     """Write checkpoint `step` with `fill(tmp_folder)`; then drop all but the newest `keep`."""
     final = write_folder(folder(out_dir, step), fill)
     for _, old in complete(out_dir, required)[:-keep]:
-        shutil.rmtree(old, ignore_errors=True)
+        # what marks it complete goes first, so that a crash halfway leaves an incomplete checkpoint, never a
+        # complete one without its optimizer state
+        for p in sorted(old.iterdir(), key=lambda p: p.name not in required):
+            if p.name in ADAPTER_FILES:
+                continue
+            if p.is_dir():
+                shutil.rmtree(p, ignore_errors=True)
+            else:
+                p.unlink(missing_ok=True)
     return final
+
+
+def saved_adapters(out_dir: Path) -> list[tuple[int, Path]]:
+    """Every checkpoint's adapter (whole checkpoints and older ones reduced to their adapter), oldest first."""
+    root = Path(out_dir) / CHECKPOINTS
+    found = []
+    if root.is_dir():
+        for p in root.iterdir():
+            m = _STEP.match(p.name)
+            if m and (p / ADAPTER_FILES[0]).is_file() and any((p / f).is_file() for f in ADAPTER_FILES[1:]):
+                found.append((int(m.group(1)), p))
+    return sorted(found)
 
 
 def prepare(out_dir: Path, resume: bool) -> None:
