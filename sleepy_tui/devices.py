@@ -1,6 +1,9 @@
-"""Which torch device to use: the one asked for (checked), else cuda, then mps, then cpu."""
+"""Which torch device to use: the one asked for (checked), else cuda, then mps, then cpu; and how many CPUs
+this process may use."""
 
 from __future__ import annotations
+
+import os
 
 
 class DeviceError(ValueError):
@@ -22,6 +25,14 @@ def pick_device(preferred: str = "") -> str:
     if torch.cuda.is_available():
         return "cuda"
     return "mps" if mps_ok else "cpu"
+
+
+def usable_cpus() -> int:
+    """The CPUs this process may use (containers, taskset), at least 1."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # macOS, Windows
+        return max(1, os.cpu_count() or 1)
 
 
 def cpu_flags() -> set[str]:

@@ -6,7 +6,6 @@ EventSink and stops when its `threading.Event` is set.
 
 from __future__ import annotations
 
-import os
 import threading
 import time
 import uuid
@@ -19,6 +18,7 @@ from . import events as ev
 from .agent import Agent, RunResult
 from .backends.base import Backend, BackendUnavailable
 from .config import ConfigError, Settings, backend_kind
+from .devices import usable_cpus
 from .episodes import new_run_id
 from .koans import Corpus, Koan, KoanError, load_corpus
 from .metrics import CycleRow, PassAtK, RunMetrics, compare, koan_outcomes, metrics_of, pass_at_k, run_metrics
@@ -41,14 +41,6 @@ __all__ = ["Engine", "EngineError", "USER_ERRORS", "BackendUnavailable", "Sandbo
            "CycleRow", "PassAtK", "RunMetrics", "RunResult", "Corpus", "Koan", "ModelChoice", "RunRecord",
            "CycleRecord", "AdapterRecord", "DatasetRecord", "GateFacts", "ProcessTrainer", "TrainerCrashed"]
 
-
-
-def usable_cpus() -> int:
-    """The CPUs this process may use (containers, taskset)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # macOS, Windows
-        return os.cpu_count() or 1
 
 
 class EngineError(RuntimeError):
@@ -457,9 +449,7 @@ class Engine:
         # `total` short of the koans given: a run that crashed before crashes were stored as failed; a run of
         # part of the set (`sleepy eval --koan / --family`) is no baseline for the whole of it, nor is one
         # independent first attempt per koan (`sleepy eval --samples`)
-        done = [r for r in self.store.runs() if r.kind == "eval" and r.status == "done" and r.every_koan_finished
-                and frozen <= set(r.koan_ids) and r.sample is None
-                and r.adapter_id == want and (want or not r.adapter)]
+        done = self._finished_runs("eval", want, frozen)
         if done:  # an eval of the current model already exists (e.g. `sleepy eval --cycle 0`)
             run_id = done[-1].run_id
             self._record_baseline(run_id)
@@ -470,6 +460,14 @@ class Engine:
             raise EngineError(res.error or "baseline eval cancelled")
         self._record_baseline(res.run_id)
         return res.run_id
+
+    def _finished_runs(self, kind: str, adapter_id: str, koan_ids: set[str], *, exact: bool = False) -> list[RunRecord]:
+        """The runs a stage may reuse instead of running again, oldest first: done runs of `kind` that finished
+        every koan of `koan_ids` (at least those, or exactly those with `exact`), with the adapter `adapter_id`
+        ("": the base model, never a file given by path), and not runs of independent first attempts (--samples)."""
+        return [r for r in self.store.runs() if r.kind == kind and r.status == "done" and r.every_koan_finished
+                and (set(r.koan_ids) == koan_ids if exact else koan_ids <= set(r.koan_ids)) and r.sample is None
+                and r.adapter_id == adapter_id and (adapter_id or not r.adapter)]
 
     def _record_baseline(self, run_id: str) -> None:
         self.store.set_value("current_eval_run", run_id)
@@ -690,9 +688,7 @@ class Engine:
     def _cycle_eval(self, meta: AdapterRecord, n: int, corpus: Corpus, on_event: ev.EventSink,
                     cancel: threading.Event) -> str:
         """The frozen eval of the cycle's adapter: a finished one is reused, else it is run."""
-        frozen = {k.id for k in corpus.eval_set}
-        done = [r for r in self.store.runs() if r.kind == "eval" and r.status == "done" and r.every_koan_finished
-                and r.adapter_id == meta.adapter_id and frozen <= set(r.koan_ids) and r.sample is None]
+        done = self._finished_runs("eval", meta.adapter_id, {k.id for k in corpus.eval_set})
         if done:
             on_event(ev.Notice("info", f"cycle {n}: the frozen eval of {meta.adapter_id} is done ({done[-1].run_id}); "
                                        "reusing it"))
@@ -714,10 +710,8 @@ class Engine:
             return ""
         want = adapter.adapter_id if adapter else ""
         attempts = self.settings.validation_attempts
-        ids = {k.id for k in koans}
-        done = [r for r in self.store.runs() if r.kind == "validation" and r.status == "done" and r.every_koan_finished
-                and set(r.koan_ids) == ids and r.adapter_id == want and (want or not r.adapter)
-                and r.max_attempts == attempts and r.sample is None]
+        done = [r for r in self._finished_runs("validation", want, {k.id for k in koans}, exact=True)
+                if r.max_attempts == attempts]
         if done and not self.settings.adapter:        # an adapter file given by path is never taken as another
             on_event(ev.Notice("info", f"validation: {done[-1].run_id} ran the slice with "
                                        f"{want or 'the base model'}; reusing it"))

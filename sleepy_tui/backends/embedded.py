@@ -55,11 +55,8 @@ def default_threads() -> int:
     llama.cpp's threads wait for each other at every layer, so one that loses its CPU stalls them all. On a
     2-CPU machine: idle, 2 threads made 56 tokens/s and 1 thread 38; with other work running, 2 threads
     made 3-4 tokens/s and 1 thread 14-20. Pass `n_threads` to choose."""
-    try:
-        cpus = len(os.sched_getaffinity(0))  # the CPUs this process may use (containers, taskset)
-    except AttributeError:  # macOS, Windows
-        cpus = os.cpu_count() or 1
-    return max(1, cpus - 1)
+    from ..devices import usable_cpus
+    return max(1, usable_cpus() - 1)
 
 
 def cpu_has_amx(cpuinfo: str | None = None) -> bool:

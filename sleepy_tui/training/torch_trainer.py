@@ -448,10 +448,8 @@ def default_threads() -> int:
     env = os.environ.get("OMP_NUM_THREADS", "")
     if env.isdigit() and int(env) > 0:
         return int(env)
-    try:
-        return max(1, len(os.sched_getaffinity(0)))      # the CPUs this process may use (containers, taskset)
-    except AttributeError:                               # macOS, Windows
-        return max(1, os.cpu_count() or 1)
+    from ..devices import usable_cpus
+    return usable_cpus()
 
 
 def _return_freed_memory() -> None:
