@@ -103,6 +103,9 @@ class Settings:
                                           "attempt)", group="train", metavar="N")
     validation_picks: int = setting(3, "adapters the validation slice chooses among: the trained one and those "
                                        "of its last checkpoints (1: the trained one)", group="train", metavar="N")
+    eval_repeats: int = setting(1, "whole frozen-eval runs of the base and of the candidate in a cycle (each "
+                                   "repeat its own seeds); the gate judges every koan on its pass rate over them",
+                                group="train", metavar="K")
     replay_share: float = setting(0.3, "share of replayed, already-solved examples in a dataset", group="train")
     gate_tolerance: float = setting(0.0, "share (0..1) of frozen koans that may regress, and of pass rate that "
                                          "may drop, for the gate to promote; 0: none")
@@ -132,8 +135,8 @@ class Settings:
         from .retry import STRATEGIES
         if self.retry_strategy not in STRATEGIES:
             p.append(f"retry_strategy: unknown {self.retry_strategy!r} (choose from {', '.join(STRATEGIES)})")
-        positive = ("max_attempts", "validation_attempts", "validation_picks", "parallel", "steps", "lora_rank", "lora_alpha",
-                    "batch_size", "grad_accum", "max_seq_len", "max_tokens",
+        positive = ("max_attempts", "validation_attempts", "validation_picks", "eval_repeats", "parallel", "steps",
+                    "lora_rank", "lora_alpha", "batch_size", "grad_accum", "max_seq_len", "max_tokens",
                     "compile_timeout_s", "run_timeout_s", "memory_mb", "learning_rate")
         for name in positive:
             if getattr(self, name) <= 0:

@@ -23,6 +23,7 @@ from .episodes import new_run_id
 from .koans import Corpus, Koan, KoanError, load_corpus
 from .metrics import CycleRow, PassAtK, RunMetrics, compare, koan_outcomes, metrics_of, pass_at_k, run_metrics
 from .metrics import store_cycle_table
+from .stats import judged, paired_change, pass_rates
 from .records import AdapterRecord, CycleRecord, DatasetRecord, GateFacts, RunRecord
 from .sandbox import CheckResult, Limits, Sandbox, SandboxError
 from .store import StateError, Store
@@ -401,39 +402,50 @@ class Engine:
 
     # ---- the gate and the cycle -------------------------------------------------------------------------------
 
-    def gate(self, baseline_run_id: str, candidate_run_id: str,
+    def gate(self, baseline: str | list[str], candidate: str | list[str],
              validation: tuple[str, str] | None = None) -> tuple[bool, str, dict]:
         """Promote only if at most `gate_tolerance` x koans regress (default 0: none may) and the frozen pass rate
         drops by no more than that share; with `validation` (the base's and the candidate's runs of the
         validation slice), its pass rate may not drop by more than that share either. The reason says which
-        rule decided, with the numbers."""
-        old = koan_outcomes(self.store.episodes(baseline_run_id))
-        new = koan_outcomes(self.store.episodes(candidate_run_id))
-        regressions, gains = compare(old, new)
-        before, after = metrics_of(old).pass_rate, metrics_of(new).pass_rate
+        rule decided, with the numbers.
+
+        `baseline` and `candidate` are one eval run each, or several (`eval_repeats`): then the pass rates are
+        means over the runs and a koan regressed (or gained) when the majority of its runs flipped (stats.judged),
+        so one unlucky sample decides nothing. The facts carry the paired tests over koans (McNemar's exact
+        p-value, a bootstrap interval of the rate difference)."""
+        def outcomes(ids: str | list[str]) -> list[dict[str, bool]]:
+            ids = [ids] if isinstance(ids, str) else list(ids)
+            return [{k: o.passed for k, o in koan_outcomes(self.store.episodes(i)).items()} for i in ids]
+        old, new = outcomes(baseline), outcomes(candidate)
+        regressions, gains = judged(pass_rates(old), pass_rates(new))
+        change = paired_change(old, new)
+        before, after = change.before, change.after
         tolerance = self.settings.gate_tolerance
-        allowed = int(tolerance * len(new) + 1e-9)
+        allowed = int(tolerance * len(pass_rates(new)) + 1e-9)
         facts = {"pass_rate_before": before, "pass_rate_after": after, "regressions": regressions, "gains": gains,
-                 "regressions_allowed": allowed}
+                 "regressions_allowed": allowed, "runs_before": len(old), "runs_after": len(new),
+                 "p_value": change.p_value, "diff_ci": [change.ci_low, change.ci_high]}
         if validation and all(validation):
             v_old = koan_outcomes(self.store.episodes(validation[0]))
             v_new = koan_outcomes(self.store.episodes(validation[1]))
             v_before, v_after = metrics_of(v_old).pass_rate, metrics_of(v_new).pass_rate
             facts.update(validation_before=v_before, validation_after=v_after,
                          validation_regressions=compare(v_old, v_new)[0])
+        over = f" over {len(old)} and {len(new)} runs" if len(old) > 1 or len(new) > 1 else ""
         if after < before - tolerance - 1e-9:
-            return False, f"pass rate dropped {before:.1%} -> {after:.1%} (tolerance {tolerance:.0%})", facts
+            return False, f"pass rate dropped {before:.1%} -> {after:.1%}{over} (tolerance {tolerance:.0%})", facts
         if "validation_after" in facts and facts["validation_after"] < facts["validation_before"] - tolerance - 1e-9:
             return False, (f"validation pass rate dropped {facts['validation_before']:.1%} -> "
                            f"{facts['validation_after']:.1%} (tolerance {tolerance:.0%})"), facts
         if len(regressions) > allowed:
-            return False, (f"{len(regressions)} koan(s) regressed: {', '.join(regressions)} "
+            return False, (f"{len(regressions)} koan(s) regressed{over}: {', '.join(regressions)} "
                            f"(allowed: {allowed})"), facts
         regressed = (f"{len(regressions)} regression(s) within the tolerance ({allowed} allowed): "
                      f"{', '.join(regressions)}" if regressions else "no regressions")
         if after == before and not gains:
-            return True, f"no change ({after:.1%}), {regressed}", facts
-        return True, f"pass rate {before:.1%} -> {after:.1%}, gains {len(gains)}, {regressed}", facts
+            return True, f"no change ({after:.1%}{over}), {regressed}", facts
+        return True, (f"pass rate {before:.1%} -> {after:.1%}{over}, gains {len(gains)}, {regressed}; "
+                      f"McNemar p = {change.p_value:.2f}"), facts
 
     def baseline_eval(self, *, on_event: ev.EventSink = ev.ignore, cancel: threading.Event | None = None,
                       backend_name: str | None = None) -> str:
@@ -472,8 +484,8 @@ class Engine:
     def _record_baseline(self, run_id: str) -> None:
         self.store.set_value("current_eval_run", run_id)
         if not self.store.cycles():
-            self.store.save_cycle(CycleRecord(cycle=0, eval_run_id=run_id, adapter_id=None, promoted=True,
-                                              reason="baseline", time=time.time()))
+            self.store.save_cycle(CycleRecord(cycle=0, eval_run_id=run_id, eval_run_ids=[run_id], adapter_id=None,
+                                              promoted=True, reason="baseline", time=time.time()))
 
     def cycle(self, *, day_count: int | None = None, on_event: ev.EventSink = ev.ignore,
               cancel: threading.Event | None = None, train_overrides: dict | None = None) -> CycleRecord:
@@ -493,12 +505,15 @@ class Engine:
         baseline = self.baseline_eval(on_event=on_event, cancel=cancel, backend_name=serve)
         n = self.current_cycle() + 1
         corpus = self.corpus()
+        baselines = self._frozen_evals(self.current_adapter(), n - 1, corpus, on_event, cancel, first=baseline,
+                                       backend_name=serve)
         day_ids = self._cycle_day(n, day_count, corpus, on_event, cancel, serve)
         dataset = self.build_dataset(run_ids=day_ids, corpus=corpus)
         on_event(ev.Notice("info", f"dataset {dataset.hash}: {dataset.examples} examples {dataset.by_provenance}"))
         meta = self._cycle_adapter(n, dataset, on_event, cancel, train_overrides or {})
-        meta, validation, by_step, eval_id = self._validate_and_eval(meta, n, corpus, on_event, cancel, serve)
-        promote, reason, facts = self.gate(baseline, eval_id, validation)
+        meta, validation, by_step, eval_ids = self._validate_and_eval(meta, n, corpus, on_event, cancel, serve)
+        eval_id = eval_ids[0]
+        promote, reason, facts = self.gate(baselines, eval_ids, validation)
         meta = replace(meta, eval_run_id=eval_id, eval=GateFacts.from_dict(facts))
         adapters.record(self.store, meta)
         if promote:
@@ -506,6 +521,7 @@ class Engine:
             self.store.set_value("current_eval_run", eval_id)
         record = CycleRecord.from_dict({
             "cycle": n, "day_run_id": day_ids[-1], "eval_run_id": eval_id, "baseline_eval_run_id": baseline,
+            "eval_run_ids": eval_ids, "baseline_eval_run_ids": baselines,
             "adapter_id": meta.adapter_id, "promoted": promote, "reason": reason, "dataset": dataset.to_dict(),
             "train": {"steps": meta.steps, "initial_loss": meta.initial_loss, "final_loss": meta.final_loss,
                       "duration_s": meta.duration_s},
@@ -568,9 +584,9 @@ class Engine:
 
     def _validate_and_eval(self, meta: AdapterRecord, n: int, corpus: Corpus, on_event: ev.EventSink,
                            cancel: threading.Event, serve: str
-                           ) -> tuple[AdapterRecord, tuple[str, str], dict[int, float], str]:
+                           ) -> tuple[AdapterRecord, tuple[str, str], dict[int, float], list[str]]:
         """The validation slice with the current model and with the candidates, then the frozen eval of the one
-        it picks: (that adapter, the two validation run ids, validation pass rate by step, the eval run id).
+        it picks: (that adapter, the two validation run ids, validation pass rate by step, the eval run ids).
 
         The candidates are the trained adapter and the adapters of its last checkpoints (`validation_picks` in
         all). The best validation pass rate wins, the fewest steps on a tie: the frozen set never chooses.
@@ -686,18 +702,44 @@ class Engine:
         return picks + [meta]
 
     def _cycle_eval(self, meta: AdapterRecord, n: int, corpus: Corpus, on_event: ev.EventSink,
-                    cancel: threading.Event) -> str:
-        """The frozen eval of the cycle's adapter: a finished one is reused, else it is run."""
-        done = self._finished_runs("eval", meta.adapter_id, {k.id for k in corpus.eval_set})
-        if done:
-            on_event(ev.Notice("info", f"cycle {n}: the frozen eval of {meta.adapter_id} is done ({done[-1].run_id}); "
-                                       "reusing it"))
-            return done[-1].run_id
-        res = self.run_agent(corpus.eval_set, kind="eval", cycle=n, on_event=on_event, cancel=cancel,
-                             backend=self.make_backend(adapter=meta), adapter_id=meta.adapter_id)
-        if res.cancelled or res.error:
-            raise EngineError(res.error or "cycle cancelled during the eval; `sleepy cycle` continues it")
-        return res.run_id
+                    cancel: threading.Event) -> list[str]:
+        """The frozen evals of the cycle's adapter (`eval_repeats` runs): finished ones are reused, else run."""
+        return self._frozen_evals(meta, n, corpus, on_event, cancel)
+
+    def _frozen_evals(self, adapter: AdapterRecord | None, cycle: int, corpus: Corpus, on_event: ev.EventSink,
+                      cancel: threading.Event, *, first: str = "", backend_name: str | None = None) -> list[str]:
+        """`eval_repeats` whole frozen-eval runs of one model (None: the base), one per repeat index (each repeat
+        samples with its own seeds): `first`, then the finished runs already stored, then new runs for the
+        repeat indices still missing. A reused run is said in a notice."""
+        want = adapter.adapter_id if adapter else ""
+        k = self.settings.eval_repeats
+        by_repeat: dict[int, str] = {}
+        run = self.store.run(first) if first else None
+        if run is not None:
+            by_repeat[run.repeat] = first
+        for r in reversed(self._finished_runs("eval", want, {q.id for q in corpus.eval_set})):
+            by_repeat.setdefault(r.repeat, r.run_id)
+        ids = ([first] if run else []) + [by_repeat[r] for r in sorted(by_repeat) if by_repeat[r] != first]
+        ids = ids[:k]
+        reused = [i for i in ids if i != first]
+        if reused:
+            on_event(ev.Notice("info", f"cycle {cycle}: the frozen eval of {want or 'the base model'} is done "
+                                       f"({', '.join(reused)}); reusing it"))
+        repeat = 0
+        while len(ids) < k:
+            while repeat in by_repeat:
+                repeat += 1
+            if k > 1:
+                on_event(ev.Notice("info", f"cycle {cycle}: frozen eval {len(ids) + 1} of {k} with "
+                                           f"{want or 'the base model'} (repeat {repeat})"))
+            res = self.run_agent(corpus.eval_set, kind="eval", cycle=cycle, on_event=on_event, cancel=cancel,
+                                 backend=self.make_backend(adapter=adapter, backend_name=backend_name),
+                                 adapter_id=want or None, repeat=repeat)
+            if res.cancelled or res.error:
+                raise EngineError(res.error or "cycle cancelled during the eval; `sleepy cycle` continues it")
+            by_repeat[repeat] = res.run_id
+            ids.append(res.run_id)
+        return ids
 
     def validation_run(self, adapter: AdapterRecord | None, *, cycle: int | None = None,
                        on_event: ev.EventSink = ev.ignore, cancel: threading.Event | None = None,

@@ -275,16 +275,23 @@ def _facts_2(doc: dict) -> dict:
     return {"validation_before": None, "validation_after": None, "validation_regressions": [], **doc}
 
 
+def _facts_3(doc: dict) -> dict:
+    """The gate judged repeated eval runs and kept its paired tests; before, one run each and no test."""
+    return {"runs_before": 1, "runs_after": 1, "p_value": None, "diff_ci": [], **doc}
+
+
 @dataclass(frozen=True)
 class GateFacts(Record):
     """What the gate compared: the frozen pass rate before and after, the koans that regressed and gained, and
     the validation slice's pass rate before and after."""
-    SCHEMA: ClassVar[int] = 2
+    SCHEMA: ClassVar[int] = 3
     LABEL: ClassVar[str] = "gate facts"
-    MIGRATIONS: ClassVar[dict] = {2: _facts_2}
+    MIGRATIONS: ClassVar[dict] = {2: _facts_2, 3: _facts_3}
 
     @classmethod
     def implied_version(cls, doc: dict) -> int:
+        if "runs_after" in doc:
+            return 3
         return 2 if "validation_after" in doc else 1
 
     pass_rate_before: float | None = None
@@ -296,6 +303,12 @@ class GateFacts(Record):
     validation_before: float | None = None
     validation_after: float | None = None
     validation_regressions: list[str] = field(default_factory=list)
+    # the eval runs judged on each side (`eval_repeats`), McNemar's exact p over the koans that flipped and a
+    # bootstrap 95% interval of the pass-rate difference; None / []: recorded before the gate kept them
+    runs_before: int = 1
+    runs_after: int = 1
+    p_value: float | None = None
+    diff_ci: list[float] = field(default_factory=list)
     extra: dict = field(default_factory=dict)
 
 
@@ -312,13 +325,21 @@ def _cycle_3(doc: dict) -> dict:
             "validation_by_step": {}, "validation_regressions": [], **doc}
 
 
+def _cycle_4(doc: dict) -> dict:
+    """Cycles recorded every eval run the gate judged (`eval_repeats`) and its paired tests; before, one run of
+    each side and no test."""
+    return {"eval_run_ids": [doc["eval_run_id"]] if doc.get("eval_run_id") else [],
+            "baseline_eval_run_ids": [doc["baseline_eval_run_id"]] if doc.get("baseline_eval_run_id") else [],
+            "runs_before": 1, "runs_after": 1, "p_value": None, "diff_ci": [], **doc}
+
+
 @dataclass(frozen=True)
 class CycleRecord(Record):
     """One cycle (day -> sleep -> eval -> gate), or cycle 0: the baseline eval (engine.py writes it)."""
-    SCHEMA: ClassVar[int] = 3
+    SCHEMA: ClassVar[int] = 4
     KEY: ClassVar[str | None] = "cycle"
     LABEL: ClassVar[str] = "cycle"
-    MIGRATIONS: ClassVar[dict] = {2: _cycle_2, 3: _cycle_3}
+    MIGRATIONS: ClassVar[dict] = {2: _cycle_2, 3: _cycle_3, 4: _cycle_4}
 
     cycle: int
     eval_run_id: str = ""
@@ -342,10 +363,18 @@ class CycleRecord(Record):
     validation_after: float | None = None
     validation_regressions: list[str] = field(default_factory=list)
     validation_by_step: dict[str, float] = field(default_factory=dict)   # the checkpoints it chose among
+    eval_run_ids: list[str] = field(default_factory=list)            # every eval run judged (eval_repeats)
+    baseline_eval_run_ids: list[str] = field(default_factory=list)
+    runs_before: int = 1
+    runs_after: int = 1
+    p_value: float | None = None               # McNemar's exact p over the koans that flipped
+    diff_ci: list[float] = field(default_factory=list)   # bootstrap 95% interval of the pass-rate difference
     extra: dict = field(default_factory=dict)
 
     @classmethod
     def implied_version(cls, doc: dict) -> int:
+        if "eval_run_ids" in doc:
+            return 4
         if "validation_run_id" in doc:
             return 3
         return 2 if "regressions_allowed" in doc else 1

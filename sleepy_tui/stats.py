@@ -56,18 +56,31 @@ class PairedChange:
         return f"significant {way} (McNemar exact p = {self.p_value:.3f})"
 
 
-def paired_change(before_runs: list[dict[str, bool]], after_runs: list[dict[str, bool]]) -> PairedChange:
-    """Compare per-koan pass/fail of the before runs with the after runs (the last run of each for McNemar)."""
-    def freq(runs):
-        keys = set().union(*runs) if runs else set()
-        return {k: sum(r.get(k, False) for r in runs) / len(runs) for k in keys}
-    fb, fa = freq(before_runs), freq(after_runs)
-    last_b, last_a = before_runs[-1], after_runs[-1]
-    common = sorted(set(last_b) & set(last_a))
-    b = sum(last_b[k] and not last_a[k] for k in common)
-    c = sum(not last_b[k] and last_a[k] for k in common)
-    diff, lo, hi = bootstrap_diff(fb, fa)
-    def mean(d: dict) -> float:
-        return sum(d.values()) / len(d) if d else 0.0
+def pass_rates(runs: list[dict[str, bool]]) -> dict[str, float]:
+    """Per koan: the share of the runs that passed it (over the runs that hold the koan)."""
+    keys = set().union(*runs) if runs else set()
+    return {k: sum(r[k] for r in runs if k in r) / sum(k in r for r in runs) for k in sorted(keys)}
 
-    return PairedChange(mean(fb), mean(fa), b, c, mcnemar_exact(b, c), diff, lo, hi)
+
+def judged(before: dict[str, float], after: dict[str, float]) -> tuple[list[str], list[str]]:
+    """(regressions, gains) judged on per-koan pass rates over repeated runs: a koan regressed when it passed in
+    more than half of its runs before and in fewer than half after (a gain, the other way round). With one run
+    each, that is passed -> failed; a koan at exactly half is neither, so one noisy run in two flips nothing."""
+    common = sorted(set(before) & set(after))
+    return ([k for k in common if before[k] > 0.5 and after[k] < 0.5],
+            [k for k in common if before[k] < 0.5 and after[k] > 0.5])
+
+
+def paired_change(before_runs: list[dict[str, bool]], after_runs: list[dict[str, bool]]) -> PairedChange:
+    """Compare per-koan pass/fail of the before runs with the after runs: pass rates are means over the runs,
+    McNemar counts the koans `judged` to have flipped, the bootstrap resamples koans' rate differences."""
+    fb, fa = pass_rates(before_runs), pass_rates(after_runs)
+    lost, won = judged(fb, fa)
+    diff, lo, hi = bootstrap_diff(fb, fa)
+
+    def mean(runs: list[dict[str, bool]]) -> float:
+        rates = [sum(r.values()) / len(r) for r in runs if r]
+        return sum(rates) / len(rates) if rates else 0.0
+
+    return PairedChange(mean(before_runs), mean(after_runs), len(lost), len(won), mcnemar_exact(len(lost), len(won)),
+                        diff, lo, hi)

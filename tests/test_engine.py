@@ -60,6 +60,46 @@ def test_gate_rules(setup):
     assert engine.gate("old", "swap")[0]
 
 
+def test_the_gate_judges_repeated_runs_by_the_majority_of_each_koan(setup):
+    engine, *_ = setup
+    base = {f"k{i}": i < 5 for i in range(10)}
+    _eval(engine.store, "old1", base)
+    _eval(engine.store, "old2", base)
+    _eval(engine.store, "noisy1", {**base, "k0": False, "k9": True})   # k0 fails once in two: noise, not a loss
+    _eval(engine.store, "noisy2", {**base, "k9": True})
+    _eval(engine.store, "lost1", {**base, "k0": False, "k9": True})    # k0 fails in both: a regression
+    _eval(engine.store, "lost2", {**base, "k0": False, "k9": True})
+    assert not engine.gate("old1", "noisy1")[0]                         # one run each: k0 regressed
+    ok, reason, facts = engine.gate(["old1", "old2"], ["noisy1", "noisy2"])
+    assert ok and facts["regressions"] == [] and facts["gains"] == ["k9"] and "over 2 and 2 runs" in reason
+    assert (facts["runs_before"], facts["runs_after"]) == (2, 2)
+    assert facts["pass_rate_before"] == 0.5 and facts["pass_rate_after"] == 0.55
+    assert facts["p_value"] == 1.0 and facts["diff_ci"][0] <= 0.05 <= facts["diff_ci"][1]
+    ok, reason, facts = engine.gate(["old1", "old2"], ["lost1", "lost2"])
+    assert not ok and "regressed over 2 and 2 runs: k0" in reason and facts["gains"] == ["k9"]
+
+
+def test_a_cycle_with_eval_repeats_judges_k_runs_a_side_each_with_its_own_seeds(setup):
+    engine, corpus, replies, trainer = setup
+    engine.settings = engine.settings.replace(eval_repeats=2)
+    k = corpus.koans
+    replies += ["no idea"]                                               # `sleepy eval --cycle 0`: bc_900 fails
+    replies += ["no idea again"]                                         # the cycle adds the second baseline run
+    replies += [fence(k["bc_901"].solution), "still no idea"]            # day
+    replies += [fence(k["bc_900"].solution)] * 2                          # the candidate, twice
+    first = engine.run_agent(corpus.eval_set, kind="eval", cycle=0).run_id
+    rec = engine.cycle()
+    assert rec.promoted and rec.gains == ["bc_900"] and (rec.runs_before, rec.runs_after) == (2, 2)
+    assert rec.baseline_eval_run_ids[0] == first == rec.baseline_eval_run_id and len(rec.eval_run_ids) == 2
+    runs = {r.run_id: r for r in engine.runs("eval")}
+    assert len(runs) == 4
+    for side, cycle in ((rec.baseline_eval_run_ids, 0), (rec.eval_run_ids, 1)):
+        assert sorted(runs[i].repeat for i in side) == [0, 1] and {runs[i].cycle for i in side} == {cycle}
+    assert {runs[i].adapter_id for i in rec.eval_run_ids} == {rec.adapter_id}
+    assert rec.p_value == 1.0                                            # one koan flipped: far from significant
+    assert engine.store.adapters()[0].eval.runs_after == 2
+
+
 def test_cycle_refuses_backends_that_cannot_load_adapters(setup):
     engine, *_ = setup
     engine.settings = engine.settings.replace(backend="ollama")

@@ -38,9 +38,20 @@ def test_a_cycle_before_the_validation_slice_reads_as_unmeasured():
     old = CycleRecord.from_dict({"schema": 2, "cycle": 1, "day_run_id": "day-1", "regressions_allowed": 0})
     assert old.day_run_ids == ["day-1"] and old.validation_run_id == "" and old.validation_after is None
     assert CycleRecord.implied_version({"cycle": 1, "validation_run_id": "v"}) == 3
-    assert CycleRecord.from_dict(old.to_dict()) == old and old.to_dict()["schema"] == 3
+    assert CycleRecord.from_dict(old.to_dict()) == old and old.to_dict()["schema"] == CycleRecord.SCHEMA
     facts = GateFacts.from_dict({"pass_rate_before": 0.5, "regressions": ["k"]})
     assert facts.validation_before is None and facts.validation_regressions == [] and facts.regressions == ["k"]
+
+
+def test_a_cycle_before_repeated_evals_reads_as_one_run_each_and_untested():
+    from sleepy_tui.records import GateFacts
+    old = CycleRecord.from_dict({"schema": 3, "cycle": 1, "eval_run_id": "eval-2", "baseline_eval_run_id": "eval-1",
+                                 "validation_run_id": "v"})
+    assert (old.eval_run_ids, old.baseline_eval_run_ids) == (["eval-2"], ["eval-1"])
+    assert (old.runs_before, old.runs_after, old.p_value, old.diff_ci) == (1, 1, None, [])
+    assert CycleRecord.implied_version({"cycle": 1, "eval_run_ids": []}) == 4
+    facts = GateFacts.from_dict({"schema": 2, "pass_rate_before": 0.5, "validation_after": 0.4})
+    assert facts.p_value is None and facts.runs_after == 1 and facts.validation_after == 0.4
 
 
 def test_unknown_fields_are_kept_and_written_back():
