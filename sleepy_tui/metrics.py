@@ -17,6 +17,7 @@ from collections import Counter, defaultdict
 from dataclasses import asdict, dataclass, field
 
 from .records import RunRecord
+from .stats import judged, pass_rates
 
 
 @dataclass
@@ -143,6 +144,7 @@ def cycle_table(runs: list[RunRecord], episodes_of) -> list[CycleRow]:
             evals[r.cycle].append(r)
     rows: list[CycleRow] = []
     prev: dict[str, KoanOutcome] | None = None
+    prev_runs: list[dict[str, bool]] = []
     for cycle in sorted(evals):
         rs = sorted(evals[cycle], key=lambda r: r.started)
         outs = [koan_outcomes(episodes_of(r.run_id)) for r in rs]
@@ -153,11 +155,12 @@ def cycle_table(runs: list[RunRecord], episodes_of) -> list[CycleRow]:
         row = CycleRow(cycle=cycle, run_ids=[r.run_id for r in rs], metrics=metrics_of(latest),
                        pass_rates=[metrics_of(o).pass_rate for o in outs],
                        adapter=rs[-1].adapter_id or rs[-1].adapter)
-        if prev is not None:
-            row.regressions, row.gains = compare(prev, latest)
+        runs_passed = [{k: o.passed for k, o in out.items()} for out in outs]
+        if prev is not None:    # judged on every run of each cycle, as the gate does (stats.judged)
+            row.regressions, row.gains = judged(pass_rates(prev_runs), pass_rates(runs_passed))
             row.repeat_error_rate_across = repeat_error_rate_across(prev, latest)
         rows.append(row)
-        prev = latest
+        prev, prev_runs = latest, runs_passed
     return rows
 
 

@@ -46,4 +46,5 @@ def test_cycle_table_reads_eval_runs_only():
     rows = cycle_table([RunRecord.from_dict(r) for r in runs], lambda r: eps[r])
     assert [r.cycle for r in rows] == [0, 1]
     assert rows[1].pass_rates == [1.0, 0.5] and rows[1].pass_rate_mean == 0.75
-    assert rows[1].regressions == ["a"] and rows[1].gains == ["b"]
+    # judged on both runs of cycle 1, as the gate does: a passed in one of two (no majority lost), b in both
+    assert rows[1].regressions == [] and rows[1].gains == ["b"]
