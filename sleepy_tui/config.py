@@ -97,6 +97,9 @@ class Settings:
     max_seq_len: int = setting(1024, "tokens per training example")
     precision: str = setting("auto", "training compute dtype: auto (bfloat16 where the CPU/GPU multiplies it "
                                      "natively, else float32) | float32 | bfloat16", group="train", metavar="DTYPE")
+    copy_weight: float = setting(1.0, "loss weight (0..1) of the reply tokens that copy the broken program, "
+                                      "against 1 for the tokens of the fix (torch trainer; 1: all alike)",
+                                 group="train", metavar="W")
     checkpoint_every: int = setting(20, "steps between resumable checkpoints (0: only at the end or on stop)",
                                     group="train", metavar="N")
     validation_attempts: int = setting(1, "attempts per koan on the validation slice (1: the first, greedy "
@@ -149,6 +152,8 @@ class Settings:
         for name in ("lora_dropout", "replay_share", "gate_tolerance"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 p.append(f"{name}: must be within 0..1, got {getattr(self, name)}")
+        if not 0.0 <= self.copy_weight <= 1.0:
+            p.append(f"copy_weight: must be within 0..1, got {self.copy_weight}")
         if not self.target_modules:
             p.append("target_modules: name at least one module")
         if self.precision not in ("auto", "float32", "bfloat16"):

@@ -99,6 +99,60 @@ def test_labels_mask_everything_but_the_reply(tokenizer):
         assert prompt.endswith("<|im_start|>assistant\n") and row["messages"][1]["content"] in prompt
 
 
+BROKEN = """fn main() {
+    let s = String::from("hi");
+    let t = s;
+    println!("{} {}", s, t);
+}"""
+
+
+def _repair_example(tokenizer):
+    fixed = BROKEN.replace("let t = s;", "let t = s.clone();")
+    messages = [{"role": "system", "content": "Fix the Rust program."},
+                {"role": "user", "content": f"```rust\n{BROKEN}\n```\nerror[E0382]: borrow of moved value: `s`"},
+                {"role": "assistant", "content": f"```rust\n{fixed}\n```"}]
+    return encode_example(tokenizer, messages)
+
+
+def test_copied_mask_leaves_the_fix_and_marks_the_program_it_repeats(tokenizer):
+    from sleepy_tui.training.base import copied_mask
+    toks, offset = _repair_example(tokenizer)
+    mask = copied_mask(toks, offset)
+    reply = toks[offset:]
+    assert len(mask) == len(reply) and 0.6 < sum(mask) / len(mask) < 0.95
+    changed = tokenizer.decode([t for t, c in zip(reply, mask) if not c])
+    copied = tokenizer.decode([t for t, c in zip(reply, mask) if c])
+    assert "clone" in changed and "<|im_end|>" in changed
+    assert "println" in copied and "String::from" in copied and "clone" not in copied
+    assert copied_mask(toks, offset, min_run=10 ** 6) == [False] * len(reply)    # nothing copies a run that long
+
+
+def test_copy_weight_weighs_copied_reply_tokens_and_nothing_else(tokenizer):
+    from sleepy_tui.training.base import copied_mask
+    ex = _repair_example(tokenizer)
+    toks, offset = ex
+    mask = copied_mask(toks, offset)
+    batch = collate([ex], [0], pad_id=tokenizer.pad_token_id, copied=[mask], copy_weight=0.1)
+    w, changed = batch["weights"][0].tolist(), batch["changed"][0].tolist()
+    assert w[:offset] == [0.0] * offset and not any(changed[:offset])
+    assert w[offset:] == pytest.approx([0.1 if c else 1.0 for c in mask])
+    assert changed[offset:] == [not c for c in mask]
+    plain = collate([ex], [0], pad_id=tokenizer.pad_token_id)
+    assert plain["weights"][0].tolist()[offset:] == [1.0] * (len(toks) - offset)
+
+
+def test_a_run_with_copied_tokens_down_weighted_learns_otherwise_and_logs_the_changed_loss(tiny, unbroken, tmp_path):
+    out, whole, _, _ = unbroken
+    focused = _train(tiny, tmp_path / "focused", steps=3, checkpoint_every=0, copy_weight=0.0)
+    plain = _train(tiny, tmp_path / "plain", steps=3, checkpoint_every=0)
+    log = [json.loads(line) for line in (tmp_path / "focused" / "loss.jsonl").read_text().splitlines()]
+    assert all(r["changed_tokens"] > 0 and r["changed_loss"] > 0 for r in log)
+    # the first step's loss is the plain mean before any update: the same; the updates then differ
+    assert focused.losses[0] == pytest.approx(plain.losses[0], rel=1e-6)
+    assert focused.losses[1:] != pytest.approx(plain.losses[1:], rel=1e-4)
+    assert plain.losses[0] == pytest.approx(whole.losses[0], rel=1e-6)
+
+
 def test_length_grouped_batches_waste_little_on_padding(tokenizer):
     import random
     lengths = [len(encode_example(tokenizer, r["messages"])[0]) for r in varied_rows(48)]

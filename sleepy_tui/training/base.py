@@ -40,6 +40,7 @@ class TrainConfig:
     checkpoint_every: int = 20
     device: str = ""                     # empty: cuda, then mps, then cpu
     precision: str = "auto"              # auto | float32 | bfloat16 (auto: bf16 where the hardware has it)
+    copy_weight: float = 1.0             # loss weight of reply tokens copied from the prompt (see copied_mask)
 
     def adapted_layers(self, n_layers: int) -> range:
         """The decoder layers the LoRA goes on: the last `lora_layers` of `n_layers`, or all of them."""
@@ -51,7 +52,7 @@ class TrainConfig:
                     lora_dropout=s.lora_dropout, target_modules=tuple(s.target_modules), lora_layers=s.lora_layers,
                     batch_size=s.batch_size,
                     grad_accum=s.grad_accum, max_seq_len=s.max_seq_len, seed=s.seed, precision=s.precision,
-                    checkpoint_every=s.checkpoint_every)
+                    checkpoint_every=s.checkpoint_every, copy_weight=s.copy_weight)
         base.update(overrides)
         return cls(**base)
 
@@ -135,6 +136,25 @@ def encode_example(tokenizer, messages: list[dict]) -> tuple[list[int], int]:
             break
         offset += 1
     return tokens, offset
+
+
+COPY_RUN = 4     # reply tokens in a run at least this long that the prompt also holds count as copied
+
+
+def copied_mask(tokens: list[int], offset: int, min_run: int = COPY_RUN) -> list[bool]:
+    """Per reply token (tokens[offset:]): whether it copies the prompt (tokens[:offset]).
+
+    A repair repeats most of the broken program it was shown; only the tokens that differ carry the lesson.
+    The reply is aligned with the prompt (difflib's longest matching blocks, in order); a token inside a
+    matching run of at least `min_run` tokens is a copy, every other one (the changed code, the reply's own
+    words and end token) is not. From the tokens alone, so every trainer and every tokenizer agree."""
+    from difflib import SequenceMatcher
+    prompt, reply = tokens[:offset], tokens[offset:]
+    mask = [False] * len(reply)
+    for block in SequenceMatcher(None, prompt, reply, autojunk=False).get_matching_blocks():
+        if block.size >= min_run:
+            mask[block.b:block.b + block.size] = [True] * block.size
+    return mask
 
 
 def encode_rows(rows: list[dict], encode, max_seq_len: int, dataset: Path, emit) -> list[tuple[list[int], int]]:

@@ -3,8 +3,8 @@
 A trainer brings a `Run` (its model, optimizer and data order in memory) that can take one optimizer step and
 save itself; `train_loop` does the rest, the same way for torch and mlx:
 
-    loss.jsonl        one {"step", "loss", "lr", "tokens_per_s"} a line; rewritten from the checkpoint's log
-                      on resume, so it never holds steps the weights don't
+    loss.jsonl        one {"step", "loss", "lr", "tokens_per_s"[, "changed_loss", "changed_tokens"]} a line;
+                      rewritten from the checkpoint's log on resume, so it never holds steps the weights don't
     checkpoints/      every `checkpoint_every` steps, at the last step (a later resume then finds the run
                       finished) and on a stop request (see checkpoint.py)
     adapter/          the final adapter
@@ -92,7 +92,11 @@ def peak_rss_mib() -> float:
 
 
 def loss_record(rec: dict) -> dict:
-    return {k: rec[k] for k in ("step", "loss", "lr", "tokens_per_s")}
+    """The loss.jsonl line of a step; `changed_loss` (the tokens of the fix, not the program it copies) and
+    `changed_tokens` where the trainer measures them."""
+    out = {k: rec[k] for k in ("step", "loss", "lr", "tokens_per_s")}
+    out.update((k, rec[k]) for k in ("changed_loss", "changed_tokens") if k in rec)
+    return out
 
 
 def train_loop(run: Run, config: TrainConfig, out_dir: Path, *, emit: ev.EventSink, stop: threading.Event | None,

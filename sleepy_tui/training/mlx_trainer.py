@@ -397,6 +397,8 @@ class MlxTrainer:
 
         if min(config.steps, config.batch_size, config.grad_accum, config.lora_rank) <= 0:
             raise ValueError("steps, batch_size, grad_accum and lora_rank must be > 0")
+        if config.copy_weight != 1.0:
+            raise ValueError("the mlx trainer weighs every reply token alike: --copy-weight needs the torch trainer")
         device = self._device(config.device)
         rows = read_dataset(dataset)
         data_hash = ckpt.sha256(dataset)

@@ -16,10 +16,14 @@ base weights are bf16, the LoRA weights, their gradients and the optimizer state
 adapter weights), and the loss is taken in float32.
 
 The loss is the mean cross-entropy over the assistant reply tokens of a step (prompt and padding labels are
--100), and the output layer runs on those positions only. One step is one optimizer update over `grad_accum`
-batches of `batch_size` examples; on a CPU each example of a batch runs as its own micro-batch (no padding,
-and a CPU gains nothing from stacking sequences); on a GPU batches are grouped by length (see `BatchPlan`), so
-little of the compute goes to padding. Which examples a batch takes is a function of (seed, step) alone.
+-100), and the output layer runs on those positions only. With `copy_weight` below 1 it is a weighted mean:
+a reply token that copies the prompt (base.copied_mask: most of a repair repeats the broken program) weighs
+`copy_weight`, a changed one 1. The logged `loss` stays the plain mean; `changed_loss` is the changed tokens'.
+
+One step is one optimizer update over `grad_accum` batches of `batch_size` examples; on a CPU each example of a
+batch runs as its own micro-batch (no padding, and a CPU gains nothing from stacking sequences); on a GPU
+batches are grouped by length (see `BatchPlan`), so little of the compute goes to padding. Which examples a
+batch takes is a function of (seed, step) alone.
 
 Data parallel: under `accelerate launch` (or torchrun), i.e. WORLD_SIZE > 1, each process takes every
 WORLD_SIZE-th batch, the module is wrapped for DDP by accelerate, and rank 0 writes the run folder:
@@ -44,7 +48,8 @@ from pathlib import Path
 from .. import events as ev
 from ..atomic import write_json
 from . import checkpoint as ckpt
-from .base import TrainConfig, TrainingUnavailable, TrainResult, encode_example, encode_rows, read_dataset
+from .base import (TrainConfig, TrainingUnavailable, TrainResult, copied_mask, encode_example, encode_rows,
+                   read_dataset)
 from .base_model import load_base, pick_device, resolve_base, source_gguf
 from .loop import StepAborted, reported, train_loop
 
@@ -127,19 +132,29 @@ class BatchPlan:
         return 1 - useful / processed if processed else 0.0
 
 
-def collate(examples: list[tuple[list[int], int]], idx: list[int], pad_id: int) -> dict:
-    """Right-padded input_ids / attention_mask / labels (IGNORE on prompt and padding) as tensors."""
+def collate(examples: list[tuple[list[int], int]], idx: list[int], pad_id: int,
+            copied: list[list[bool]] | None = None, copy_weight: float = 1.0) -> dict:
+    """Right-padded input_ids / attention_mask / labels (IGNORE on prompt and padding) as tensors, and per label
+    its loss weight (`copy_weight` where `copied` marks the reply token a copy of the prompt, else 1) and
+    whether it is `changed` (not a copy)."""
     import torch
     rows = [examples[i] for i in idx]
     width = max(len(t) for t, _ in rows)
     input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
     attention_mask = torch.zeros((len(rows), width), dtype=torch.long)
     labels = torch.full((len(rows), width), IGNORE, dtype=torch.long)
-    for r, (toks, offset) in enumerate(rows):
+    weights = torch.zeros((len(rows), width), dtype=torch.float32)
+    changed = torch.zeros((len(rows), width), dtype=torch.bool)
+    for r, (i, (toks, offset)) in enumerate(zip(idx, rows)):
         input_ids[r, :len(toks)] = torch.tensor(toks, dtype=torch.long)
         attention_mask[r, :len(toks)] = 1
         labels[r, offset:len(toks)] = torch.tensor(toks[offset:], dtype=torch.long)
-    return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
+        copy = torch.tensor(copied[i], dtype=torch.bool) if copied is not None else \
+            torch.zeros(len(toks) - offset, dtype=torch.bool)
+        changed[r, offset:len(toks)] = ~copy
+        weights[r, offset:len(toks)] = torch.where(copy, copy_weight, 1.0)
+    return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels, "weights": weights,
+            "changed": changed}
 
 
 # ---- learning rate ---------------------------------------------------------------------------------------------------
@@ -165,7 +180,7 @@ def lr_factor(config: TrainConfig):
 # ---- the model -----------------------------------------------------------------------------------------------------
 
 def _reply_loss_module(peft_model):
-    """A module whose forward gives the summed cross-entropy over reply tokens (what DDP wraps)."""
+    """A module whose forward gives the cross-entropy of each reply token, in order (what DDP wraps)."""
     import torch
     import torch.nn.functional as F
 
@@ -184,7 +199,7 @@ def _reply_loss_module(peft_model):
                 logits = head(hidden[:, :-1][keep])
             else:
                 logits = base(input_ids=input_ids, attention_mask=attention_mask).logits[:, :-1][keep]
-            return F.cross_entropy(logits.float(), targets[keep], reduction="sum")
+            return F.cross_entropy(logits.float(), targets[keep], reduction="none")
 
     return ReplyLoss(peft_model)
 
@@ -342,6 +357,7 @@ class _Run:
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         self.pad_id = int(pad) if pad is not None else 0
         self.plan = BatchPlan([len(t) for t, _ in examples], config.batch_size, config.seed)
+        self.copied = [copied_mask(t, o) for t, o in examples]
         self.one_by_one = par.device.startswith("cpu")       # see the module docstring
         self.log: list[dict] = []
         self.step = 0
@@ -393,7 +409,7 @@ class _Run:
         for m in range(self.config.grad_accum):
             idx = self.plan.batch(self.microbatch_index(self.step, m))
             for part in ([[i] for i in idx] if self.one_by_one else [idx]):
-                out.append(collate(self.examples, part, self.pad_id))
+                out.append(collate(self.examples, part, self.pad_id, self.copied, self.config.copy_weight))
         return out
 
     def train_step(self, stop: threading.Event | None) -> dict:
@@ -404,10 +420,12 @@ class _Run:
         t0 = time.perf_counter()
         batches = self._micro_batches()
         replies = sum(int((b["labels"][:, 1:] != IGNORE).sum()) for b in batches)
+        weight = sum(float(b["weights"][:, 1:].sum()) for b in batches)   # what the loss is normalised by
         useful = sum(int(b["attention_mask"].sum()) for b in batches)
         processed = sum(b["input_ids"].numel() for b in batches)
         rng_before = _rng_state(par.device)        # dropout draws from it (the CUDA one on a GPU)
-        loss_sum = 0.0
+        loss_sum = changed_sum = 0.0
+        changed_n = 0
         for m, batch in enumerate(batches):
             if m and par.any(stop is not None and stop.is_set()):
                 self.optimizer.zero_grad(set_to_none=True)
@@ -415,22 +433,30 @@ class _Run:
                 raise StepAborted
             if not (batch["attention_mask"] == 0).any():
                 batch["attention_mask"] = None          # no padding: attention may take its causal fast path
+            keep = batch["labels"][:, 1:] != IGNORE
+            w, ch = batch.pop("weights")[:, 1:][keep], batch.pop("changed")[:, 1:][keep]
             batch = {k: (v.to(par.device) if v is not None else None) for k, v in batch.items()}
             with par.no_sync(self.module, skip=m < len(batches) - 1):
-                loss = self.module(**batch)
-                (loss / max(1, replies)).backward()
-            loss_sum += float(loss.detach())
+                ce = self.module(**batch)
+                ((ce * w.to(ce.device)).sum() / max(weight, 1e-9)).backward()
+            ce = ce.detach().cpu()
+            loss_sum += float(ce.sum())
+            changed_sum += float(ce[ch].sum())
+            changed_n += int(ch.sum())
         torch.nn.utils.clip_grad_norm_(self.params, MAX_GRAD_NORM)
         lr = float(self.scheduler.get_last_lr()[0])     # the rate this update uses
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
-        loss_sum, replies, useful, processed = par.sum([loss_sum, float(replies), float(useful), float(processed)])
+        loss_sum, replies, useful, processed, changed_sum, changed_n = par.sum(
+            [loss_sum, float(replies), float(useful), float(processed), changed_sum, float(changed_n)])
         dt = time.perf_counter() - t0
         self.step += 1
+        # `loss`: every reply token alike, whatever copy_weight is, so runs with different weights compare
         rec = {"step": self.step, "loss": loss_sum / max(1.0, replies), "lr": lr,
                "tokens_per_s": useful / dt if dt > 0 else 0.0, "seconds": dt,
-               "useful_tokens": int(useful), "processed_tokens": int(processed), "reply_tokens": int(replies)}
+               "useful_tokens": int(useful), "processed_tokens": int(processed), "reply_tokens": int(replies),
+               "changed_loss": changed_sum / changed_n if changed_n else None, "changed_tokens": int(changed_n)}
         self.log.append(rec)
         return rec
 
