@@ -106,6 +106,9 @@ class Settings:
                                           "attempt)", group="train", metavar="N")
     validation_picks: int = setting(3, "adapters the validation slice chooses among: the trained one and those "
                                        "of its last checkpoints (1: the trained one)", group="train", metavar="N")
+    day_samples: int = setting(0, "expert iteration: independent first attempts at each training koan the day did "
+                                  "not solve at its first attempt; every verified one is trained on (0: none)",
+                               group="train", metavar="K")
     eval_repeats: int = setting(1, "whole frozen-eval runs of the base and of the candidate in a cycle (each "
                                    "repeat its own seeds); the gate judges every koan on its pass rate over them",
                                 group="train", metavar="K")
@@ -146,7 +149,7 @@ class Settings:
                 p.append(f"{name}: must be > 0, got {getattr(self, name)}")
         if not 0.0 <= self.temperature <= 2.0:
             p.append(f"temperature: must be within 0..2, got {self.temperature}")
-        for name in ("checkpoint_every", "lora_layers"):
+        for name in ("checkpoint_every", "lora_layers", "day_samples"):
             if getattr(self, name) < 0:
                 p.append(f"{name}: must be >= 0, got {getattr(self, name)}")
         for name in ("lora_dropout", "replay_share", "gate_tolerance"):

@@ -508,7 +508,8 @@ class Engine:
         baselines = self._frozen_evals(self.current_adapter(), n - 1, corpus, on_event, cancel, first=baseline,
                                        backend_name=serve)
         day_ids = self._cycle_day(n, day_count, corpus, on_event, cancel, serve)
-        dataset = self.build_dataset(run_ids=day_ids, corpus=corpus)
+        sample_ids = self._day_samples(n, day_ids, corpus, on_event, cancel, serve)
+        dataset = self.build_dataset(run_ids=day_ids + sample_ids, corpus=corpus)
         on_event(ev.Notice("info", f"dataset {dataset.hash}: {dataset.examples} examples {dataset.by_provenance}"))
         meta = self._cycle_adapter(n, dataset, on_event, cancel, train_overrides or {})
         meta, validation, by_step, eval_ids = self._validate_and_eval(meta, n, corpus, on_event, cancel, serve)
@@ -527,6 +528,7 @@ class Engine:
                       "duration_s": meta.duration_s},
             "validation_before_run_id": validation[0], "validation_run_id": validation[1],
             "validation_by_step": {str(k): v for k, v in sorted(by_step.items())}, "day_run_ids": day_ids,
+            "day_sample_run_ids": sample_ids,
             "time": time.time(), **facts})
         self.store.save_cycle(record)
         on_event(ev.Notice("info" if promote else "warning",
@@ -537,7 +539,8 @@ class Engine:
                    cancel: threading.Event, serve: str) -> list[str]:
         """The day runs of cycle `n`: those already recorded for it, plus one of the koans none of them finished
         (all of the day's koans when there are none). A koan finished when it passed or used every attempt."""
-        earlier = [r for r in self.store.runs() if r.kind == "day" and r.cycle == n and r.status != "running"]
+        earlier = [r for r in self.store.runs() if r.kind == "day" and r.cycle == n and r.status != "running"
+                   and r.sample is None]
         finished: set[str] = set()
         for r in earlier:
             for kid, outcome in koan_outcomes(self.store.episodes(r.run_id)).items():
@@ -555,6 +558,47 @@ class Engine:
         if day.cancelled or day.error:
             raise EngineError(day.error or "cycle cancelled during the day; `sleepy cycle` continues it")
         return [r.run_id for r in earlier] + [day.run_id]
+
+    def _day_samples(self, n: int, day_ids: list[str], corpus: Corpus, on_event: ev.EventSink,
+                     cancel: threading.Event, serve: str) -> list[str]:
+        """Expert iteration: `day_samples` independent first attempts (warm sampling, a seed per sample) at each
+        training koan the day's runs did not solve at its first attempt, so that a koan fixed only after
+        feedback, or not at all, may still give the model a fix of its own for the first prompt. The runs
+        already recorded for cycle `n` are reused."""
+        k = self.settings.day_samples
+        if k <= 0:
+            return []
+        first: set[str] = set()
+        seen: set[str] = set()
+        for run_id in day_ids:
+            for kid, o in koan_outcomes(self.store.episodes(run_id)).items():
+                seen.add(kid)
+                if o.steps_to_green == 1:
+                    first.add(kid)
+        koans = [corpus.koans[kid] for kid in sorted(seen - first)
+                 if kid in corpus.koans and corpus.koans[kid].split == "train"]
+        if not koans:
+            return []
+        want = {q.id for q in koans}
+        done = {r.sample: r.run_id for r in self.store.runs() if r.kind == "day" and r.cycle == n
+                and r.sample is not None and r.status == "done" and r.every_koan_finished and set(r.koan_ids) == want}
+        on_event(ev.Notice("info", f"cycle {n}: expert iteration: {k} independent first attempts at the {len(koans)} "
+                                   "koans its day missed at attempt 1"
+                                   + (f" ({len(done)} done, reused)" if done else "")))
+        ids = []
+        for sample in range(k):
+            if sample in done:
+                ids.append(done[sample])
+                continue
+            res = self.run_agent(koans, kind="day", cycle=n, on_event=on_event, cancel=cancel, backend_name=serve,
+                                 sample=sample)
+            if res.cancelled or res.error:
+                raise EngineError(res.error or "cycle cancelled during expert iteration; `sleepy cycle` continues it")
+            ids.append(res.run_id)
+        fixed = {kid for i in ids for kid, o in koan_outcomes(self.store.episodes(i)).items() if o.passed}
+        on_event(ev.Notice("info", f"cycle {n}: expert iteration fixed {len(fixed)} of {len(koans)} koans at least "
+                                   "once"))
+        return ids
 
     def _cycle_adapter(self, n: int, dataset: DatasetInfo, on_event: ev.EventSink, cancel: threading.Event,
                        overrides: dict) -> AdapterRecord:

@@ -197,7 +197,7 @@ class DatasetRecord(Record):
     path: str                                  # the .jsonl under state/datasets/
     hash: str = ""
     examples: int = 0
-    by_provenance: dict[str, int] = field(default_factory=dict)   # own_pass | reference | correction | replay
+    by_provenance: dict[str, int] = field(default_factory=dict)   # own_pass | own_sample | reference | correction | replay
     dropped_leaks: int = 0
     dropped_duplicates: int = 0
     extra: dict = field(default_factory=dict)
@@ -326,11 +326,11 @@ def _cycle_3(doc: dict) -> dict:
 
 
 def _cycle_4(doc: dict) -> dict:
-    """Cycles recorded every eval run the gate judged (`eval_repeats`) and its paired tests; before, one run of
-    each side and no test."""
+    """Cycles recorded every eval run the gate judged (`eval_repeats`), its paired tests and the day's expert
+    iteration runs; before, one run of each side, no test and no such runs."""
     return {"eval_run_ids": [doc["eval_run_id"]] if doc.get("eval_run_id") else [],
             "baseline_eval_run_ids": [doc["baseline_eval_run_id"]] if doc.get("baseline_eval_run_id") else [],
-            "runs_before": 1, "runs_after": 1, "p_value": None, "diff_ci": [], **doc}
+            "day_sample_run_ids": [], "runs_before": 1, "runs_after": 1, "p_value": None, "diff_ci": [], **doc}
 
 
 @dataclass(frozen=True)
@@ -349,6 +349,7 @@ class CycleRecord(Record):
     time: float = 0.0
     day_run_id: str = ""                       # the day's last run
     day_run_ids: list[str] = field(default_factory=list)   # all of its runs (a day continued after a stop)
+    day_sample_run_ids: list[str] = field(default_factory=list)   # expert iteration's runs (day_samples)
     baseline_eval_run_id: str = ""
     dataset: DatasetRecord | None = None
     train: dict[str, Any] = field(default_factory=dict)          # steps, initial_loss, final_loss, duration_s

@@ -36,3 +36,9 @@ def test_agent_bench_quick():
 @pytest.mark.slow
 def test_training_bench_quick():
     assert "useful tok/s" in run_quick("bench_training.py", "--skip-mlx")
+
+
+@pytest.mark.slow
+def test_loss_focus_bench_quick():
+    out = run_quick("bench_loss_focus.py")
+    assert "held-out changed" in out and "| focus | 0.1 |" in out

@@ -100,6 +100,28 @@ def test_a_cycle_with_eval_repeats_judges_k_runs_a_side_each_with_its_own_seeds(
     assert engine.store.adapters()[0].eval.runs_after == 2
 
 
+def test_expert_iteration_samples_the_koans_the_day_missed_at_attempt_1_and_trains_on_their_fixes(setup):
+    engine, corpus, replies, trainer = setup
+    engine.settings = engine.settings.replace(day_samples=2)
+    k = corpus.koans
+    replies += ["no idea"]                                               # baseline eval
+    replies += [fence(k["bc_901"].solution), "still no idea"]            # day: 901 at attempt 1, 902 missed
+    own = "// a fix of its own\n" + k["bc_902"].solution               # (the reference itself would be a duplicate)
+    replies += ["nope", fence(own)]                                      # two samples of 902: the second fixes it
+    replies += [fence(k["bc_900"].solution)]                             # eval
+    rec = engine.cycle()
+    runs = {r.run_id: r for r in engine.runs("day")}
+    assert len(rec.day_sample_run_ids) == 2 and rec.day_run_ids == [rec.day_run_id]
+    assert [runs[i].sample for i in rec.day_sample_run_ids] == [0, 1]
+    assert all(runs[i].koan_ids == ["bc_902"] and runs[i].max_attempts == 1 for i in rec.day_sample_run_ids)
+    data = {(d["koan_id"], d["provenance"]) for d in trainer.datasets[0]}
+    assert data == {("bc_901", "own_pass"), ("bc_902", "own_sample"), ("bc_902", "reference")}
+    assert rec.dataset.by_provenance["own_sample"] == 1 and rec.dataset.dropped_duplicates == 0
+    # run again for the same day, the samples are reused, not sampled again (the script has no reply left)
+    assert engine._day_samples(1, rec.day_run_ids, engine.corpus(), lambda e: None, None, "fake") == \
+        rec.day_sample_run_ids
+
+
 def test_cycle_refuses_backends_that_cannot_load_adapters(setup):
     engine, *_ = setup
     engine.settings = engine.settings.replace(backend="ollama")

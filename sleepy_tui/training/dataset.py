@@ -2,6 +2,8 @@
 
 Sources, each example tagged with its provenance:
 - own_pass:   the model's own passing attempt, with the exact prompt it saw.
+- own_sample: a passing independent first attempt of expert iteration (`day_samples`): the day missed the koan
+              at its first attempt, a fresh sample of that prompt fixed it.
 - reference:  a training koan the model failed: the prompts it saw (first and last attempt), answered with
               the koan's reference solution (which the corpus check proves passes).
 - correction: a fix a person wrote in the failure review (checked in the sandbox before it was stored).
@@ -22,7 +24,7 @@ from ..prompts import build_messages
 from ..atomic import write_text
 from ..store import Store
 
-PROVENANCES = ("own_pass", "reference", "correction", "replay")
+PROVENANCES = ("own_pass", "own_sample", "reference", "correction", "replay")
 
 
 class EvalLeak(ValueError):
@@ -83,18 +85,22 @@ def _example(koan_id: str, family: str, provenance: str, messages: list[dict], c
 def collect_examples(store: Store, corpus: Corpus, run_ids: list[str] | None = None) -> list[dict]:
     """Examples from day runs (all of them, or `run_ids`) and from the person's corrections."""
     wanted = set(run_ids) if run_ids is not None else None
+    sampled = {r.run_id for r in store.runs() if r.sample is not None}     # expert iteration's runs
     by_koan: dict[tuple[str, str], list[dict]] = {}
     for e in store.episodes():
         if e.get("split") != "train" or (wanted is not None and e["run_id"] not in wanted):
             continue
         by_koan.setdefault((e["run_id"], e["koan_id"]), []).append(e)
     out: list[dict] = []
-    for (_, kid), eps in sorted(by_koan.items()):
+    for (run_id, kid), eps in sorted(by_koan.items()):
         eps.sort(key=lambda e: e["attempt"])
         passing = [e for e in eps if e["outcome"] == "pass"]
         if passing:
             e = passing[0]
-            out.append(_example(kid, e["family"], "own_pass", e["prompt"], e["code"]))
+            out.append(_example(kid, e["family"], "own_sample" if run_id in sampled else "own_pass", e["prompt"],
+                                e["code"]))
+            continue
+        if run_id in sampled:      # a missed sample: the day's own episodes already gave the reference fix
             continue
         koan = corpus.koans.get(kid)
         if koan is None or koan.split != "train":
