@@ -98,7 +98,7 @@ class Settings:
     precision: str = setting("auto", "training compute dtype: auto (bfloat16 where the CPU/GPU multiplies it "
                                      "natively, else float32) | float32 | bfloat16", group="train", metavar="DTYPE")
     copy_weight: float = setting(1.0, "loss weight (0..1) of the reply tokens that copy the broken program, "
-                                      "against 1 for the tokens of the fix (torch trainer; 1: all alike)",
+                                      "against 1 for the tokens of the fix (1: all alike)",
                                  group="train", metavar="W")
     checkpoint_every: int = setting(20, "steps between resumable checkpoints (0: only at the end or on stop)",
                                     group="train", metavar="N")

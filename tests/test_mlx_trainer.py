@@ -80,7 +80,8 @@ def test_only_the_reply_is_trained_on(tiny):
     tok = load_tokenizer(model_dir)
     rows = chat_rows()
     examples = [encode_example(tok, r["messages"]) for r in rows]
-    tokens, positions, mask = make_batch(examples, [0, 1, 2])
+    tokens, positions, mask, weights, changed = make_batch(examples, [0, 1, 2])
+    assert np.array_equal(np.array(weights), np.array(mask).astype(np.float32))     # copy_weight 1: plain
     targets = np.array(mx.take_along_axis(tokens, positions + 1, axis=1))
     for r, i in enumerate([0, 1, 2]):
         trained = tok.decode(targets[r][np.array(mask[r])].tolist())
@@ -89,6 +90,32 @@ def test_only_the_reply_is_trained_on(tiny):
     model, _ = load_model(model_dir)
     full = mx.take_along_axis(model(tokens[:, :-1]), positions[..., None], axis=1)
     assert mx.allclose(reply_logits(model, tokens[:, :-1], positions), full, atol=1e-5).item()
+
+
+def test_copied_reply_tokens_weigh_copy_weight_and_the_fix_1(tiny):
+    import numpy as np
+    from mlx_lm.utils import load_tokenizer
+
+    from sleepy_tui.training.base import copied_mask
+    from sleepy_tui.training.mlx_trainer import encode_example, make_batch
+    tok = load_tokenizer(tiny[0])
+    examples = [encode_example(tok, r["messages"]) for r in chat_rows()[:2]]
+    copied = [copied_mask(t, o) for t, o in examples]
+    _, _, mask, weights, changed = make_batch(examples, [1, 0], copied, copy_weight=0.25)
+    mask, weights, changed = np.array(mask), np.array(weights), np.array(changed)
+    for r, i in enumerate([1, 0]):
+        n = len(copied[i])
+        assert mask[r].sum() == n and changed[r, :n].tolist() == [not c for c in copied[i]]
+        assert weights[r, :n].tolist() == [0.25 if c else 1.0 for c in copied[i]]
+        assert not weights[r, n:].any() and not changed[r, n:].any()
+    assert changed.any() and (mask & ~changed).any()           # both kinds are there
+
+
+def test_a_focused_run_logs_the_changed_loss_and_starts_from_the_same_loss(tiny, unbroken, tmp_path):
+    focused = _train(tiny, tmp_path / "focused", steps=2, checkpoint_every=0, copy_weight=0.0)
+    log = [json.loads(line) for line in (tmp_path / "focused" / "loss.jsonl").read_text().splitlines()]
+    assert all(r["changed_tokens"] > 0 and r["changed_loss"] > 0 for r in log)
+    assert focused.losses[0] == pytest.approx(unbroken[1].losses[0], rel=1e-5)   # the plain loss, before an update
 
 
 def test_lr_schedule_warms_up_then_decays():
@@ -122,7 +149,7 @@ def test_loss_falls(unbroken):
     logged = [json.loads(line) for line in (out / "loss.jsonl").read_text().splitlines()]
     assert [r["step"] for r in logged] == list(range(1, STEPS + 1))
     assert [r["loss"] for r in logged] == result.losses
-    assert set(logged[0]) == {"step", "loss", "lr", "tokens_per_s"}
+    assert set(logged[0]) == {"step", "loss", "lr", "tokens_per_s", "changed_loss", "changed_tokens"}
     saved = json.loads((out / "train_config.json").read_text())
     assert saved["trainer"] == "mlx" and saved["steps"] == STEPS and saved["examples"] == 8
 

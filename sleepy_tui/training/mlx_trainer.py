@@ -32,7 +32,8 @@ from .. import events as ev
 from ..atomic import write_json
 from ..backends.mlx_backend import mlx_config_fixes
 from . import checkpoint as ckpt
-from .base import TrainConfig, TrainingUnavailable, TrainResult, encode_example, encode_rows, read_dataset
+from .base import (TrainConfig, TrainingUnavailable, TrainResult, copied_mask, encode_example, encode_rows,
+                   read_dataset)
 from .loop import reported, train_loop
 
 ADAPTER_WEIGHTS = "adapters.safetensors"
@@ -162,12 +163,14 @@ class DataOrder:
         self._perm = self._permutation(self.epoch)
 
 
-def make_batch(examples: list[tuple[list[int], int]], idx: list[int]):
-    """(tokens [B, T], positions [B, K], mask [B, K]) for `reply_loss`.
+def make_batch(examples: list[tuple[list[int], int]], idx: list[int], copied: list[list[bool]] | None = None,
+               copy_weight: float = 1.0):
+    """(tokens [B, T], positions [B, K], mask [B, K], weights [B, K], changed [B, K]) for `reply_loss`.
 
     tokens are zero-padded to T = 1 + a multiple of PAD_MULTIPLE; positions are the input positions whose
     next token is a reply token (K a multiple of PAD_MULTIPLE too: few distinct shapes, few retraces of the
-    compiled step); mask marks the real ones."""
+    compiled step); mask marks the real ones; weights is each one's loss weight (`copy_weight` where `copied`
+    marks the reply token a copy of the prompt, else 1; 0 on padding) and changed the real ones not copied."""
     import mlx.core as mx
     import numpy as np
     rows = [examples[i] for i in idx]
@@ -178,11 +181,15 @@ def make_batch(examples: list[tuple[list[int], int]], idx: list[int]):
     tokens = np.zeros((len(rows), width), np.int32)
     positions = np.zeros((len(rows), k), np.int32)
     mask = np.zeros((len(rows), k), np.bool_)
-    for r, ((toks, _), st, n) in enumerate(zip(rows, starts, counts)):
+    changed = np.zeros((len(rows), k), np.bool_)
+    for r, (i, (toks, offset), st, n) in enumerate(zip(idx, rows, starts, counts)):
         tokens[r, :len(toks)] = toks
         positions[r] = np.minimum(st + np.arange(k), width - 2)
         mask[r, :n] = True
-    return mx.array(tokens), mx.array(positions), mx.array(mask)
+        copy = np.array(copied[i], np.bool_) if copied is not None else np.zeros(len(toks) - offset, np.bool_)
+        changed[r, :n] = ~copy[len(copy) - n:]                   # offset 0: the first token is never predicted
+    weights = np.where(changed, 1.0, np.where(mask, copy_weight, 0.0)).astype(np.float32)
+    return mx.array(tokens), mx.array(positions), mx.array(mask), mx.array(weights), mx.array(changed)
 
 
 # Architectures whose __call__ is exactly `lm_head(self.model(inputs))` (tied: embed_tokens.as_linear): for
@@ -203,15 +210,17 @@ def reply_logits(model, inputs, positions):
     return mx.take_along_axis(model(inputs), positions[..., None], axis=1)
 
 
-def reply_loss(model, tokens, positions, mask):
-    """Mean cross-entropy over the reply tokens (the prompt is masked); (loss, number of reply tokens)."""
+def reply_loss(model, tokens, positions, mask, weights, changed):
+    """The weighted mean cross-entropy over the reply tokens (the prompt is masked; see make_batch), with
+    (the plain mean, the changed tokens' summed loss, their count) as the outputs it is not differentiated in."""
     import mlx.core as mx
     import mlx.nn as nn
     logits = reply_logits(model, tokens[:, :-1], positions)
     targets = mx.take_along_axis(tokens, positions + 1, axis=1)
-    ce = nn.losses.cross_entropy(logits.astype(mx.float32), targets) * mask
-    ntoks = mask.sum()
-    return ce.sum() / mx.maximum(ntoks, 1), ntoks
+    ce = nn.losses.cross_entropy(logits.astype(mx.float32), targets)
+    loss = (ce * weights).sum() / mx.maximum(weights.sum(), 1e-9)
+    plain = (ce * mask).sum() / mx.maximum(mask.sum(), 1)
+    return loss, (mx.stop_gradient(plain), mx.stop_gradient((ce * changed).sum()), changed.sum())
 
 
 # ---- learning rate -----------------------------------------------------------------------------------------------
@@ -288,6 +297,7 @@ class _Run:
         self.optimizer = optim.Adam(learning_rate=lr_schedule(config), bias_correction=True)
         self.optimizer.init(model.trainable_parameters())
         self.order = DataOrder(len(examples), config.seed)
+        self.copied = [copied_mask(t, o) for t, o in examples]
         self.per_batch = min(config.batch_size, len(examples))
         self.log: list[dict] = []
         self.step = 0
@@ -338,7 +348,7 @@ class _Run:
         self.state = [model.state, optimizer.state, mx.random.state]
 
         def step_fn(batch, prev_grad, do_update: bool):
-            (loss, ntoks), grad = loss_and_grad(model, *batch)
+            (_, (loss, changed_sum, changed_n)), grad = loss_and_grad(model, *batch)
             if prev_grad is not None:
                 grad = tree_map(lambda a, b: a + b, grad, prev_grad)
             if do_update:
@@ -347,7 +357,7 @@ class _Run:
                 grad, _ = optim.clip_grad_norm(grad, MAX_GRAD_NORM)
                 optimizer.update(model, grad)
                 grad = None
-            return loss, ntoks, grad
+            return loss, (changed_sum, changed_n), grad
 
         return mx.compile(step_fn, inputs=self.state, outputs=self.state) if self._compile else step_fn
 
@@ -358,21 +368,25 @@ class _Run:
             self._step_fn = self._build_step()
             self.model.train()
         t0 = time.perf_counter()
-        grad, losses, tokens, processed = None, [], 0, 0
+        grad, losses, tokens, processed, changed = None, [], 0, 0, []
         for micro in range(self.config.grad_accum):
             idx = self.order.take(self.per_batch)
             tokens += sum(len(self.examples[i][0]) for i in idx)
-            batch = make_batch(self.examples, idx)
+            batch = make_batch(self.examples, idx, self.copied, self.config.copy_weight)
             processed += int(batch[0].size)
-            loss, _, grad = self._step_fn(batch, grad, micro == self.config.grad_accum - 1)
+            loss, ch, grad = self._step_fn(batch, grad, micro == self.config.grad_accum - 1)
             losses.append(loss)
-            mx.eval(self.state, losses, grad)
+            changed.append(ch)
+            mx.eval(self.state, losses, changed, grad)
         dt = time.perf_counter() - t0
         self.step += 1
+        changed_n = sum(int(n.item()) for _, n in changed)
         rec = {"step": self.step, "loss": sum(x.item() for x in losses) / len(losses),
                "lr": float(self.optimizer.learning_rate.item()),        # the rate this update used
                "tokens_per_s": tokens / dt if dt > 0 else 0.0, "seconds": dt,
-               "useful_tokens": tokens, "processed_tokens": processed}
+               "useful_tokens": tokens, "processed_tokens": processed,
+               "changed_loss": sum(float(x.item()) for x, _ in changed) / changed_n if changed_n else None,
+               "changed_tokens": changed_n}
         self.log.append(rec)
         return rec
 
@@ -397,8 +411,6 @@ class MlxTrainer:
 
         if min(config.steps, config.batch_size, config.grad_accum, config.lora_rank) <= 0:
             raise ValueError("steps, batch_size, grad_accum and lora_rank must be > 0")
-        if config.copy_weight != 1.0:
-            raise ValueError("the mlx trainer weighs every reply token alike: --copy-weight needs the torch trainer")
         device = self._device(config.device)
         rows = read_dataset(dataset)
         data_hash = ckpt.sha256(dataset)
