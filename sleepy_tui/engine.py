@@ -163,12 +163,15 @@ class Engine:
         return adapters.rollback(self.store)
 
     def make_backend(self, *, adapter: AdapterRecord | None | str = "current",
-                     on_notice: Callable[[str], None] | None = None, backend_name: str | None = None) -> Backend:
+                     on_notice: Callable[[str], None] | None = None, backend_name: str | None = None,
+                     threads: int | None = None) -> Backend:
         """A backend with the promoted adapter (or `adapter`, a store record; None: the bare base model).
 
-        An adapter path given in the settings (`--adapter`) always wins. `backend_name` overrides the settings'
-        backend for this one backend (the settings themselves never change)."""
+        An adapter path given in the settings (`--adapter`) always wins. `backend_name` and `threads` override
+        the settings' backend and llama.cpp threads for this one backend (the settings themselves never change)."""
         s = self.settings if backend_name is None else self.settings.replace(backend=backend_name)
+        if threads is not None:
+            s = s.replace(threads=threads)
         if not s.adapter:
             meta = self.current_adapter() if adapter == "current" else adapter
             if meta:
@@ -642,18 +645,19 @@ class Engine:
         lanes = 2 if (serve in SIDE_BY_SIDE and usable_cpus() >= 2 and corpus.validation_set
                       and not self.settings.threads) else 1
 
-        def validation(adapter: AdapterRecord | None) -> Callable[[ev.EventSink], str]:
-            return lambda sink: self.validation_run(adapter, cycle=n, on_event=sink, cancel=cancel,
-                                                    backend_name=serve)
+        def validation(adapter: AdapterRecord | None) -> Callable[[ev.EventSink, int | None], str]:
+            return lambda sink, threads=None: self.validation_run(adapter, cycle=n, on_event=sink, cancel=cancel,
+                                                                  backend_name=serve, threads=threads)
         if len(candidates) == 1:
-            def both(sink: ev.EventSink) -> tuple[str, str]:
-                return validation(current)(sink), validation(meta)(sink)
+            def both(sink: ev.EventSink, threads: int | None = None) -> tuple[str, str]:
+                return validation(current)(sink, threads), validation(meta)(sink, threads)
             if lanes == 1:
                 ids = both(on_event)
                 return meta, ids, {}, self._cycle_eval(meta, n, corpus, on_event, cancel)
             on_event(ev.Notice("info", f"cycle {n}: the validation slice runs beside the frozen eval"))
-            eval_id, ids = self._in_lanes([lambda sink: self._cycle_eval(meta, n, corpus, sink, cancel), both],
-                                          on_event, cancel)
+            eval_id, ids = self._in_lanes(
+                [lambda sink, threads: self._cycle_eval(meta, n, corpus, sink, cancel, threads=threads), both],
+                on_event, cancel)
             self._say_validation(ids, on_event)
             return meta, ids, {}, eval_id
         jobs = [validation(a) for a in [current, *candidates]]
@@ -663,7 +667,8 @@ class Engine:
             on_event(ev.Notice("info", f"cycle {n}: the validation slice picks among {len(candidates)} "
                                        "checkpoints, in two lanes"))
             halves = [jobs[0::2], jobs[1::2]]
-            out = self._in_lanes([lambda sink, h=h: [job(sink) for job in h] for h in halves], on_event, cancel)
+            out = self._in_lanes([lambda sink, threads, h=h: [job(sink, threads) for job in h] for h in halves],
+                                 on_event, cancel)
             ids = [None] * len(jobs)
             ids[0::2], ids[1::2] = out
             self._say_validation(ids, on_event)
@@ -677,14 +682,13 @@ class Engine:
         chosen = ids[1 + candidates.index(best)]
         return best, (ids[0], chosen), rates, self._cycle_eval(best, n, corpus, on_event, cancel)
 
-    def _in_lanes(self, jobs: list[Callable[[ev.EventSink], object]], on_event: ev.EventSink,
+    def _in_lanes(self, jobs: list[Callable[[ev.EventSink, int], object]], on_event: ev.EventSink,
                   cancel: threading.Event) -> list:
-        """Run `jobs` at once, each with its own model instance on an equal share of the spare CPUs: the first in
-        this thread with every event, the others in threads of their own that pass on notices only. Their
-        results in order; an error in any is raised once all have ended (the others are told to stop)."""
+        """Run `jobs` at once, each with its own model instance on an equal share of the spare CPUs (each job is
+        called with its sink and that thread count): the first in this thread with every event, the others in
+        threads of their own that pass on notices only. Their results in order; an error in any is raised once
+        all have ended (the others are told to stop)."""
         per = max(1, (usable_cpus() - 1) // len(jobs))
-        saved = self.settings
-        self.settings = saved.replace(threads=per)
         results: list = [None] * len(jobs)
         errors: list[BaseException] = []
 
@@ -694,7 +698,7 @@ class Engine:
 
         def lane(i: int) -> None:
             try:
-                results[i] = jobs[i](notices_only)
+                results[i] = jobs[i](notices_only, per)
             except BaseException as e:  # noqa: BLE001 - handed to the first lane, which raises it
                 errors.append(e)
                 cancel.set()
@@ -703,14 +707,13 @@ class Engine:
         for w in workers:
             w.start()
         try:
-            results[0] = jobs[0](on_event)
+            results[0] = jobs[0](on_event, per)
         except BaseException:
             cancel.set()
             raise
         finally:
             for w in workers:
                 w.join()
-            self.settings = saved
         if errors:
             raise errors[0]
         return results
@@ -746,12 +749,13 @@ class Engine:
         return picks + [meta]
 
     def _cycle_eval(self, meta: AdapterRecord, n: int, corpus: Corpus, on_event: ev.EventSink,
-                    cancel: threading.Event) -> list[str]:
+                    cancel: threading.Event, threads: int | None = None) -> list[str]:
         """The frozen evals of the cycle's adapter (`eval_repeats` runs): finished ones are reused, else run."""
-        return self._frozen_evals(meta, n, corpus, on_event, cancel)
+        return self._frozen_evals(meta, n, corpus, on_event, cancel, threads=threads)
 
     def _frozen_evals(self, adapter: AdapterRecord | None, cycle: int, corpus: Corpus, on_event: ev.EventSink,
-                      cancel: threading.Event, *, first: str = "", backend_name: str | None = None) -> list[str]:
+                      cancel: threading.Event, *, first: str = "", backend_name: str | None = None,
+                      threads: int | None = None) -> list[str]:
         """`eval_repeats` whole frozen-eval runs of one model (None: the base), one per repeat index (each repeat
         samples with its own seeds): `first`, then the finished runs already stored, then new runs for the
         repeat indices still missing. A reused run is said in a notice."""
@@ -777,7 +781,8 @@ class Engine:
                 on_event(ev.Notice("info", f"cycle {cycle}: frozen eval {len(ids) + 1} of {k} with "
                                            f"{want or 'the base model'} (repeat {repeat})"))
             res = self.run_agent(corpus.eval_set, kind="eval", cycle=cycle, on_event=on_event, cancel=cancel,
-                                 backend=self.make_backend(adapter=adapter, backend_name=backend_name),
+                                 backend=self.make_backend(adapter=adapter, backend_name=backend_name,
+                                                           threads=threads),
                                  adapter_id=want or None, repeat=repeat)
             if res.cancelled or res.error:
                 raise EngineError(res.error or "cycle cancelled during the eval; `sleepy cycle` continues it")
@@ -787,7 +792,7 @@ class Engine:
 
     def validation_run(self, adapter: AdapterRecord | None, *, cycle: int | None = None,
                        on_event: ev.EventSink = ev.ignore, cancel: threading.Event | None = None,
-                       backend_name: str | None = None) -> str:
+                       backend_name: str | None = None, threads: int | None = None) -> str:
         """The validation slice (training koans never trained on) run by `adapter` (None: the base model) with
         `validation_attempts` attempts per koan: a finished run of it is reused, else it is run. Returns the
         run's id; "" when the koan folder has no validation slice."""
@@ -805,7 +810,7 @@ class Engine:
         on_event(ev.Notice("info", f"validation: {len(koans)} held-out training koans with "
                                    f"{adapter.adapter_id if adapter else 'the base model'}"))
         res = self.run_agent(koans, kind="validation", cycle=cycle, on_event=on_event, cancel=cancel,
-                             backend=self.make_backend(adapter=adapter, backend_name=backend_name),
+                             backend=self.make_backend(adapter=adapter, backend_name=backend_name, threads=threads),
                              adapter_id=want or None, max_attempts=attempts)
         if res.cancelled or res.error:
             raise EngineError(res.error or "validation cancelled")

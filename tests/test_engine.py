@@ -240,6 +240,7 @@ def test_the_validation_slice_runs_beside_the_frozen_eval_on_half_the_cpus(with_
     def factory(s, on_notice=None):          # one scripted model per thread and adapter, each with its replies
         role = (threading.current_thread().name, bool(s.adapter))
         made.append((role, s.threads))
+        assert engine.settings.threads == 0     # the lanes' threads go to their backends, not to the settings
         if role not in backends:
             backends[role] = ScriptedBackend(scripts[role], delay_s=0.001)
         return backends[role]
@@ -249,7 +250,7 @@ def test_the_validation_slice_runs_beside_the_frozen_eval_on_half_the_cpus(with_
     assert rec.promoted and rec.gains == ["bc_900"] and (rec.validation_before, rec.validation_after) == (1.0, 1.0)
     assert all(b.remaining == 0 for b in backends.values()) and len(backends) == 4
     assert [t for role, t in made if role[0] == "cycle-validation" or role[1]] == [2, 2, 2]
-    assert engine.settings.threads == 0                                     # restored
+    assert engine.settings.threads == 0
     started = [e.run_id for e in seen if isinstance(e, ev.RunStarted)]
     assert not set(started) & {rec.validation_before_run_id, rec.validation_run_id}
     assert any("runs beside the frozen eval" in getattr(e, "message", "") for e in seen)
