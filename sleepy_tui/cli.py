@@ -274,11 +274,24 @@ def cmd_cycle(args) -> int:
             first = str(e).splitlines()[0] if str(e) else "no message"
             raise CliError(f"the cycle failed ({type(e).__name__}: {first}); what finished is stored "
                            "(`sleepy status`), a stopped training resumes with `sleepy train --resume`") from None
-        verdict = "PROMOTED" if rec.promoted else "REJECTED"
-        print(f"cycle {rec.cycle}: {verdict} ({rec.reason}); frozen pass rate "
-              f"{rec.pass_rate_before or 0:.1%} -> {rec.pass_rate_after or 0:.1%}; "
-              f"regressions: {', '.join(rec.regressions) or 'none'}; gains: {', '.join(rec.gains) or 'none'}")
+        print(cycle_line(rec))
     return 0
+
+
+def cycle_line(rec) -> str:
+    """What `sleepy cycle` prints when a cycle ends: the verdict, the pass rates, the koans that moved and the
+    paired test."""
+    verdict = "PROMOTED" if rec.promoted else "REJECTED"
+    line = (f"cycle {rec.cycle}: {verdict} ({rec.reason}); frozen pass rate "
+            f"{rec.pass_rate_before or 0:.1%} -> {rec.pass_rate_after or 0:.1%}; "
+            f"regressions: {', '.join(rec.regressions) or 'none'}; gains: {', '.join(rec.gains) or 'none'}")
+    if rec.p_value is not None:
+        line += f"; McNemar p = {rec.p_value:.2f}"
+    if len(rec.diff_ci) == 2:
+        line += f", 95% interval of the difference [{rec.diff_ci[0]:+.1%}, {rec.diff_ci[1]:+.1%}]"
+    if max(rec.runs_before, rec.runs_after) > 1:
+        line += f" ({rec.runs_before} and {rec.runs_after} eval runs)"
+    return line
 
 
 def cmd_adapters(args) -> int:

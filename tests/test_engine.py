@@ -98,6 +98,10 @@ def test_a_cycle_with_eval_repeats_judges_k_runs_a_side_each_with_its_own_seeds(
     assert {runs[i].adapter_id for i in rec.eval_run_ids} == {rec.adapter_id}
     assert rec.p_value == 1.0                                            # one koan flipped: far from significant
     assert engine.store.adapters()[0].eval.runs_after == 2
+    from sleepy_tui.cli import cycle_line
+    line = cycle_line(engine.store.cycles()[-1])
+    assert line.startswith("cycle 1: PROMOTED") and "gains: bc_900" in line and "McNemar p = 1.00" in line
+    assert "(2 and 2 eval runs)" in line and "95% interval of the difference [+100.0%, +100.0%]" in line
 
 
 def test_expert_iteration_samples_the_koans_the_day_missed_at_attempt_1_and_trains_on_their_fixes(setup):
