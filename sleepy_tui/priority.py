@@ -85,6 +85,15 @@ class QuietCollector:
     def key_pressed(self) -> None:
         self.last_key = self.clock()
 
+    def loaded(self) -> None:
+        """A big allocation has just ended (a run started: its model is loaded). Freeze what is there now, for
+        free, so that no collection on a key press walks it; its garbage waits for the next whole-heap one."""
+        if self._saved is None:
+            return
+        gc.freeze()
+        self.last_freeze = self.clock()
+        self.freezes += 1
+
     def tick(self) -> bool:
         """Run a full collection if now is a good moment; True if it did."""
         now = self.clock()

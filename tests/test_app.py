@@ -365,6 +365,7 @@ async def test_failure_review_steps_corrects_flags_and_reruns(koan_dir, _isolate
         await settle(pilot)
         await pilot.press("d")
         await settle(pilot)
+        assert app.collector.freezes >= 1     # the run's start froze what its model load left (issue 18)
         await pilot.press("r")
         await settle(pilot)
         review = app.screen

@@ -92,3 +92,21 @@ def test_what_survives_is_frozen_and_the_whole_heap_is_walked_now_and_then():
     finally:
         c.stop()
     assert gc.get_threshold() == before and gc.get_freeze_count() == 0
+
+
+def test_a_loaded_model_is_frozen_at_once_so_no_key_press_walks_it():
+    clock = Clock()
+    c = QuietCollector(clock=clock)
+    c.loaded()                                           # not started: nothing
+    assert c.freezes == 0
+    c.start()
+    try:
+        model = [[i] for i in range(50_000)]             # what a model load leaves: many new tracked objects
+        before = gc.get_freeze_count()
+        clock.now += 1
+        c.loaded()
+        assert gc.get_freeze_count() >= before + 50_000 and c.freezes == 1 and c.last_freeze == clock.now
+        assert not c.durations                           # frozen, not collected
+        del model
+    finally:
+        c.stop()

@@ -307,6 +307,9 @@ class MainScreen(Screen):
     @on(msg.RunStarted)
     def _run_started(self, message: msg.RunStarted) -> None:
         e = message.event
+        collector = getattr(self.app, "collector", None)
+        if collector is not None:
+            collector.loaded()            # the run's model has just loaded: out of every later collection's way
         koans = self.snapshot.corpus.koans if self.snapshot and self.snapshot.corpus else {}
         self.query_one(KoanQueue).show([
             QueueRow(kid, koans[kid].family if kid in koans else "?", koans[kid].split if kid in koans else e.split,
