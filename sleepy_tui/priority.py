@@ -86,7 +86,7 @@ class QuietCollector:
         self.last_key = self.clock()
 
     def loaded(self) -> None:
-        """A big allocation has just ended (a run started: its model is loaded). Freeze what is there now, for
+        """A big allocation has just ended (a run's first token: its model is loaded). Freeze what is there now, for
         free, so that no collection on a key press walks it; its garbage waits for the next whole-heap one."""
         if self._saved is None:
             return

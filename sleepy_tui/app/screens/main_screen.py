@@ -307,9 +307,7 @@ class MainScreen(Screen):
     @on(msg.RunStarted)
     def _run_started(self, message: msg.RunStarted) -> None:
         e = message.event
-        collector = getattr(self.app, "collector", None)
-        if collector is not None:
-            collector.loaded()            # the run's model has just loaded: out of every later collection's way
+        self._loaded = False              # its model loads with its first reply (see _token)
         koans = self.snapshot.corpus.koans if self.snapshot and self.snapshot.corpus else {}
         self.query_one(KoanQueue).show([
             QueueRow(kid, koans[kid].family if kid in koans else "?", koans[kid].split if kid in koans else e.split,
@@ -334,6 +332,11 @@ class MainScreen(Screen):
     @on(msg.TokenStreamed)
     def _token(self, message: msg.TokenStreamed) -> None:
         e = message.event
+        if not getattr(self, "_loaded", True):
+            self._loaded = True
+            collector = getattr(self.app, "collector", None)
+            if collector is not None:
+                collector.loaded()        # the run's model has just loaded: out of every later collection's way
         self.query_one(Transcript).add_tokens(e.koan_id, e.attempt, e.text)
 
     @on(msg.AttemptChecked)
