@@ -455,7 +455,8 @@ class Engine:
         """The eval run of the current model (promoted adapter or base); run it if there is none."""
         run_id = self.store.get_value("current_eval_run")
         current = self.store.run(run_id) if run_id else None
-        if current and current.status == "done":
+        if current and current.status == "done" and self._measures_the_same(current, self.settings.max_attempts,
+                                                                            self._expected_model()):
             return run_id
         cur = self.current_adapter()
         want = cur.adapter_id if cur else ""
@@ -476,13 +477,44 @@ class Engine:
         self._record_baseline(res.run_id)
         return res.run_id
 
-    def _finished_runs(self, kind: str, adapter_id: str, koan_ids: set[str], *, exact: bool = False) -> list[RunRecord]:
+    def _finished_runs(self, kind: str, adapter_id: str, koan_ids: set[str], *, exact: bool = False,
+                       attempts: int | None = None) -> list[RunRecord]:
         """The runs a stage may reuse instead of running again, oldest first: done runs of `kind` that finished
         every koan of `koan_ids` (at least those, or exactly those with `exact`), with the adapter `adapter_id`
-        ("": the base model, never a file given by path), and not runs of independent first attempts (--samples)."""
+        ("": the base model, never a file given by path), not runs of independent first attempts (--samples),
+        and measured as these settings would measure (`_measures_the_same`, with `attempts` per koan; default
+        the settings' max_attempts)."""
+        attempts = attempts or self.settings.max_attempts
+        model = self._expected_model()
         return [r for r in self.store.runs() if r.kind == kind and r.status == "done" and r.every_koan_finished
                 and (set(r.koan_ids) == koan_ids if exact else koan_ids <= set(r.koan_ids)) and r.sample is None
-                and r.adapter_id == adapter_id and (adapter_id or not r.adapter)]
+                and r.adapter_id == adapter_id and (adapter_id or not r.adapter)
+                and self._measures_the_same(r, attempts, model)]
+
+    def _measures_the_same(self, r: RunRecord, attempts: int, model: str | None) -> bool:
+        """Whether run `r` measured what a run with these settings would: the same attempts per koan, reply
+        length and retry strategy, and the same model where both are known. A cycle compares its candidate with
+        the runs it reuses, so a baseline of 2 attempts, or of another model, is no baseline for 5."""
+        s = self.settings
+        if r.max_attempts is not None and r.max_attempts != attempts:
+            return False
+        if r.max_tokens is not None and r.max_tokens != s.max_tokens:
+            return False
+        if r.retry_strategy.get("name", s.retry_strategy) != s.retry_strategy:
+            return False
+        return not (model and r.model and r.model != model)
+
+    def _expected_model(self) -> str | None:
+        """The model name a run with these settings records, where it is known without loading the model: the
+        table name (or GGUF path) the embedded model resolves to, or the model named for another backend."""
+        s = self.settings
+        if s.backend in ("auto", "embedded"):
+            from .models import ModelError, resolve
+            try:
+                return resolve(s.model).name
+            except (ModelError, OSError):
+                return None
+        return s.model or None
 
     def _record_baseline(self, run_id: str) -> None:
         self.store.set_value("current_eval_run", run_id)
@@ -801,8 +833,7 @@ class Engine:
             return ""
         want = adapter.adapter_id if adapter else ""
         attempts = self.settings.validation_attempts
-        done = [r for r in self._finished_runs("validation", want, {k.id for k in koans}, exact=True)
-                if r.max_attempts == attempts]
+        done = self._finished_runs("validation", want, {k.id for k in koans}, exact=True, attempts=attempts)
         if done and not self.settings.adapter:        # an adapter file given by path is never taken as another
             on_event(ev.Notice("info", f"validation: {done[-1].run_id} ran the slice with "
                                        f"{want or 'the base model'}; reusing it"))

@@ -90,3 +90,25 @@ def test_eval_koans_refuses_training_koans_in_the_engine(home, tmp_path):
         assert [k.id for k in engine.eval_koans(family="borrow_checker")] == ["bc_800", "bc_900"]
     finally:
         engine.close()
+
+
+def test_an_eval_measured_otherwise_is_not_the_gates_baseline(home, tmp_path):
+    """A baseline of 2 attempts, another reply length or another model is no baseline for a cycle that
+    evaluates its candidate with 1 attempt and these settings: the cycle runs its own."""
+    settings = Settings(backend="fake", state_dir=str(tmp_path / "state"), max_attempts=2)
+    backend = ScriptedBackend(["no idea"], cycle=True)
+    engine = Engine(settings, backend_factory=lambda s, on_notice=None: backend)
+    try:
+        two = engine.run_agent(engine.eval_koans(), kind="eval", cycle=0).run_id
+        assert engine.baseline_eval() == two                     # measured as these settings would: taken
+        engine.settings = settings.replace(max_attempts=1)
+        one = engine.baseline_eval()
+        assert one != two and engine.store.run(one).max_attempts == 1
+        engine.settings = settings.replace(max_attempts=1, max_tokens=100)
+        assert engine.baseline_eval() not in (one, two)
+        engine.settings = settings.replace(max_attempts=1)
+        assert engine.baseline_eval() == one                     # the first one of 1 attempt is found again
+        engine.settings = settings.replace(max_attempts=1, model="another-model")
+        assert engine.baseline_eval() != one                     # its runs recorded the scripted model
+    finally:
+        engine.close()
