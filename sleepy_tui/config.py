@@ -109,6 +109,9 @@ class Settings:
     day_samples: int = setting(0, "expert iteration: independent first attempts at each training koan the day did "
                                   "not solve at its first attempt; every verified one is trained on (0: none)",
                                group="train", metavar="K")
+    reference_fixes: str = setting("failed", "which training koans' reference fixes a dataset takes: failed (those "
+                                             "the day failed) | all (also those of every training koan the day "
+                                             "did not take)", group="train", metavar="WHICH")
     eval_repeats: int = setting(1, "whole frozen-eval runs of the base and of the candidate in a cycle (each "
                                    "repeat its own seeds); the gate judges every koan on its pass rate over them",
                                 group="train", metavar="K")
@@ -155,6 +158,8 @@ class Settings:
         for name in ("lora_dropout", "replay_share", "gate_tolerance"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 p.append(f"{name}: must be within 0..1, got {getattr(self, name)}")
+        if self.reference_fixes not in ("failed", "all"):
+            p.append(f"reference_fixes: unknown {self.reference_fixes!r} (failed | all)")
         if not 0.0 <= self.copy_weight <= 1.0:
             p.append(f"copy_weight: must be within 0..1, got {self.copy_weight}")
         if not self.target_modules:

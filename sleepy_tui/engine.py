@@ -333,8 +333,20 @@ class Engine:
     # ---- sleep ------------------------------------------------------------------------------------------------
 
     def build_dataset(self, run_ids: list[str] | None = None, corpus: Corpus | None = None) -> DatasetInfo:
-        return build_dataset(self.store, corpus or self.corpus(), replay_share=self.settings.replay_share,
-                             run_ids=run_ids, seed=self.settings.seed)
+        """The dataset of these runs (all day runs: None); with `reference_fixes = "all"`, also the reference fix
+        of every training koan (not flagged) that none of the runs took (those they took give their own pass or
+        the day's reference fix already)."""
+        corpus = corpus or self.corpus()
+        extra: list[dict] = []
+        if self.settings.reference_fixes == "all":
+            from .training.dataset import reference_examples
+            wanted = set(run_ids) if run_ids is not None else {r.run_id for r in self.store.runs() if r.kind == "day"}
+            taken = {e["koan_id"] for e in self.store.episodes() if e["run_id"] in wanted}
+            flagged = self.flagged()
+            koans = [k for k in corpus.train_set if k.id not in taken and k.id not in flagged]
+            extra = reference_examples(corpus, koans, sandbox=self.sandbox, provenance="reference_corpus")
+        return build_dataset(self.store, corpus, replay_share=self.settings.replay_share, run_ids=run_ids,
+                             seed=self.settings.seed, extra=extra)
 
     def train(self, dataset: DatasetInfo, *, cycle: int, on_event: ev.EventSink = ev.ignore,
               stop: threading.Event | None = None, resume: bool = True, adapter_id: str | None = None,

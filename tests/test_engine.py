@@ -126,6 +126,20 @@ def test_expert_iteration_samples_the_koans_the_day_missed_at_attempt_1_and_trai
         rec.day_sample_run_ids
 
 
+def test_reference_fixes_all_adds_those_of_the_training_koans_the_day_did_not_take(setup):
+    engine, corpus, replies, trainer = setup
+    engine.settings = engine.settings.replace(reference_fixes="all")
+    k = corpus.koans
+    replies += ["no idea", fence(k["bc_901"].solution), fence(k["bc_900"].solution)]   # baseline, day of 1, eval
+    rec = engine.cycle(day_count=1)
+    assert engine.store.run(rec.day_run_id).koan_ids == ["bc_901"]
+    data = {(d["koan_id"], d["provenance"]) for d in trainer.datasets[0]}
+    assert data == {("bc_901", "own_pass"), ("bc_902", "reference_corpus")}       # never the frozen bc_900
+    assert rec.dataset.by_provenance["reference_corpus"] == 1 and rec.dataset.dropped_duplicates == 0
+    engine.settings = engine.settings.replace(reference_fixes="failed")
+    assert engine.build_dataset(run_ids=[rec.day_run_id]).by_provenance["reference_corpus"] == 0
+
+
 def test_cycle_refuses_backends_that_cannot_load_adapters(setup):
     engine, *_ = setup
     engine.settings = engine.settings.replace(backend="ollama")

@@ -6,6 +6,9 @@ Sources, each example tagged with its provenance:
               at its first attempt, a fresh sample of that prompt fixed it.
 - reference:  a training koan the model failed: the prompts it saw (first and last attempt), answered with
               the koan's reference solution (which the corpus check proves passes).
+- reference_corpus: with `reference_fixes = "all"`, the reference fix of every training koan the day did not
+              take, with its first prompt: the day's few failures are little to learn from, the corpus holds
+              a lesson for every koan.
 - correction: a fix a person wrote in the failure review (checked in the sandbox before it was stored).
 - replay:     examples from earlier datasets, mixed in against forgetting (settings.replay_share).
 """
@@ -24,7 +27,7 @@ from ..prompts import build_messages
 from ..atomic import write_text
 from ..store import Store
 
-PROVENANCES = ("own_pass", "own_sample", "reference", "correction", "replay")
+PROVENANCES = ("own_pass", "own_sample", "reference", "reference_corpus", "correction", "replay")
 
 
 class EvalLeak(ValueError):
@@ -115,12 +118,13 @@ def collect_examples(store: Store, corpus: Corpus, run_ids: list[str] | None = N
     return out
 
 
-def reference_examples(corpus: Corpus, koans: list[Koan] | None = None, sandbox=None) -> list[dict]:
+def reference_examples(corpus: Corpus, koans: list[Koan] | None = None, sandbox=None,
+                       provenance: str = "reference") -> list[dict]:
     """Reference fixes for training koans with the first-attempt prompt (buggy program + its errors)."""
     out = []
     for k in koans if koans is not None else corpus.train_set:
         diags = sandbox.check(k.buggy, k.tests).diagnostics if sandbox else []
-        out.append(_example(k.id, k.family, "reference", build_messages(k, buggy_diagnostics=diags), k.solution))
+        out.append(_example(k.id, k.family, provenance, build_messages(k, buggy_diagnostics=diags), k.solution))
     return out
 
 
