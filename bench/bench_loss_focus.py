@@ -14,7 +14,8 @@ on the frozen set:
 
 Every stage is kept under --work and reused when run again (a trained arm, a finished validation run).
 
-usage: python bench/bench_loss_focus.py [--model NAME] [--steps N] [--weight W] [--threads N] [--quick]
+usage: python bench/bench_loss_focus.py [--model NAME] [--steps N] [--weight W] [--threads N] [--arms A ..]
+                                         [--quick]
 """
 
 from __future__ import annotations
@@ -147,6 +148,8 @@ def main() -> int:
     ap.add_argument("--steps", type=int, default=30)
     ap.add_argument("--weight", type=float, default=0.1, help="the focus arm's copy weight")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--arms", nargs="+", default=["plain", "focus"], choices=["plain", "focus"],
+                    help="which arms to train (default both)")
     ap.add_argument("--work", default=str(Path.home() / ".cache" / "sleepy-tui" / "bench" / "loss_focus"))
     ap.add_argument("--child-loss", action="store_true")
     ap.add_argument("--data")
@@ -161,7 +164,7 @@ def main() -> int:
     work = Path(args.work) / f"{args.model}-{args.steps}"
     work.mkdir(parents=True, exist_ok=True)
     train, held = write_data(work, args.quick)
-    arms = {"plain": 1.0, "focus": args.weight}
+    arms = {name: w for name, w in (("plain", 1.0), ("focus", args.weight)) if name in args.arms}
     results: dict = {}
     base_loss = heldout_loss(args, held, None, work / "heldout-base.json")
     base_val = None if args.quick else validation_rate(args, work, None, "base")
@@ -201,7 +204,7 @@ def main() -> int:
             body += f"\n\n{name} passed: {', '.join(r['val']['koans']) or 'none'}"
         body += f"\n\nbase passed: {', '.join(base_val['koans']) or 'none'}"
     cmd = f"python bench/bench_loss_focus.py --model {args.model} --steps {args.steps} --weight {args.weight:g} " \
-          f"--threads {args.threads}"
+          f"--threads {args.threads}" + (f" --arms {' '.join(args.arms)}" if len(args.arms) < 2 else "")
     record("Training: loss focus on the fix (copy weight)", cmd, body, args.quick)
     return 0
 
