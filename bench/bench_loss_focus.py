@@ -57,7 +57,8 @@ def write_data(work: Path, quick: bool) -> tuple[Path, Path]:
 def train_arm(args, data: Path, out: Path, weight: float) -> dict:
     """Train (or resume, or find finished) one arm; its wall time and loss log."""
     cmd = [sys.executable, "-m", "sleepy_tui.training.torch_trainer", str(data), str(out), "--base-model",
-           args.model, "--steps", str(args.steps), "--copy-weight", str(weight), "--threads", str(args.threads),
+           args.model, "--steps", str(args.steps), "--copy-weight", str(weight), "--threads",
+           str(args.train_threads or args.threads),
            "--checkpoint-every", str(max(1, args.steps // 3))]
     t0 = time.perf_counter()
     r = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
@@ -147,7 +148,8 @@ def main() -> int:
     ap.add_argument("--model", default="qwen2.5-coder-0.5b", help="a model of the table")
     ap.add_argument("--steps", type=int, default=30)
     ap.add_argument("--weight", type=float, default=0.1, help="the focus arm's copy weight")
-    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--threads", type=int, default=1, help="threads of the held-out loss and validation runs")
+    ap.add_argument("--train-threads", type=int, default=0, help="the trainer's threads (0: --threads)")
     ap.add_argument("--arms", nargs="+", default=["plain", "focus"], choices=["plain", "focus"],
                     help="which arms to train (default both)")
     ap.add_argument("--work", default=str(Path.home() / ".cache" / "sleepy-tui" / "bench" / "loss_focus"))
@@ -190,7 +192,8 @@ def main() -> int:
                      f(r["held"]["changed"]), f(r["held"]["copied"]), val(r["val"])])
     n_train = sum(1 for _ in open(train))
     n_held = sum(1 for _ in open(held))
-    body = (f"{args.model}, LoRA r=8 on q/k/v/o, {args.steps} steps, batch 4, {args.threads} thread(s); trained on "
+    body = (f"{args.model}, LoRA r=8 on q/k/v/o, {args.steps} steps, batch 4, {args.train_threads or args.threads} "
+            f"training thread(s); trained on "
             f"the reference fixes of {n_train} training koans, judged on the {n_held} koans of the validation "
             f"slice (never trained on; the frozen set plays no part). Held-out loss: mean cross-entropy per reply "
             f"token of the slice's reference fixes, on the tokens of the fix (changed: "
@@ -204,7 +207,8 @@ def main() -> int:
             body += f"\n\n{name} passed: {', '.join(r['val']['koans']) or 'none'}"
         body += f"\n\nbase passed: {', '.join(base_val['koans']) or 'none'}"
     cmd = f"python bench/bench_loss_focus.py --model {args.model} --steps {args.steps} --weight {args.weight:g} " \
-          f"--threads {args.threads}" + (f" --arms {' '.join(args.arms)}" if len(args.arms) < 2 else "")
+          f"--threads {args.threads}" + (f" --train-threads {args.train_threads}" if args.train_threads else "") \
+        + (f" --arms {' '.join(args.arms)}" if len(args.arms) < 2 else "")
     record("Training: loss focus on the fix (copy weight)", cmd, body, args.quick)
     return 0
 
