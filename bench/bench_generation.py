@@ -1,9 +1,9 @@
 """Generation: tokens/s of each local backend on the same prompt and length.
 
-The embedded model through llama.cpp is the baseline; the same model through transformers and through mlx-lm
-(CPU here) are measured against it. Model loading is excluded (each backend is warmed once).
+The model through llama.cpp is the baseline; the same GGUF through transformers (and, for SmolLM2, mlx-lm on the
+CPU) is measured against it. Model loading is excluded (each backend is warmed once).
 With --models: llama.cpp's speed on each model of the table that is on this machine, on 1 and 2 threads.
-usage: python bench/bench_generation.py [--quick] [--tokens N] [--runs R] [--models]
+usage: python bench/bench_generation.py [--quick] [--tokens N] [--runs R] [--models] [--model NAME] [--threads N]
 """
 
 from __future__ import annotations
@@ -19,15 +19,24 @@ from sleepy_tui.koans import load_corpus
 from sleepy_tui.prompts import build_messages
 
 
-def backends():
+def backends(model: str = "", threads: int = 0, mlx: bool = True):
+    """(label, factory): the same GGUF through llama.cpp, through transformers (de-quantized from it) and, for
+    the shipped SmolLM2, through mlx-lm."""
     from sleepy_tui.backends.embedded import EmbeddedBackend, embedded_hf_dir
-    yield "embedded (llama.cpp)", lambda: EmbeddedBackend(model="", engine="llama.cpp")
-    yield "embedded (transformers)", lambda: EmbeddedBackend(model="", engine="transformers")
+    yield "embedded (llama.cpp)", lambda: EmbeddedBackend(model=model, engine="llama.cpp", n_threads=threads)
 
-    def mlx():
+    def transformers():
+        if threads:
+            import torch
+            torch.set_num_threads(threads)
+        return EmbeddedBackend(model=model, engine="transformers")
+    yield "embedded (transformers)", transformers
+
+    def mlx_lm():
         from sleepy_tui.backends.mlx_backend import MlxBackend
         return MlxBackend(model=str(embedded_hf_dir()))
-    yield "mlx-lm (CPU)", mlx
+    if mlx:
+        yield "mlx-lm (CPU)", mlx_lm
 
 
 def table_models(threads: tuple[int, ...]):
@@ -85,6 +94,9 @@ def main() -> int:
     ap.add_argument("--tokens", type=int, default=128)
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--models", action="store_true", help="each table model on 1 and 2 threads (llama.cpp)")
+    ap.add_argument("--model", default="smollm2-135m", help="the table model (or GGUF) of the backend comparison; "
+                                                            "mlx-lm runs only for smollm2-135m")
+    ap.add_argument("--threads", type=int, default=0, help="threads of llama.cpp and torch (0: their defaults)")
     args = ap.parse_args()
     tokens, runs = (16, 1) if args.quick else (args.tokens, args.runs)
     koan = load_corpus().eval_set[0] if load_corpus().eval_set else None
@@ -93,7 +105,9 @@ def main() -> int:
         by_model(messages, tokens, runs, args.quick)
         return 0
     rows, base = [], None
-    for name, make in backends():
+    from sleepy_tui.models import resolve
+    label = resolve(args.model).name
+    for name, make in backends(args.model, args.threads, mlx=label == "smollm2-135m"):
         try:
             rate, out = measure(make, messages, tokens, runs)
         except BackendUnavailable as e:
@@ -101,8 +115,10 @@ def main() -> int:
             continue
         base = base or rate
         rows.append([name, f"{rate:.1f}", f"{rate / base:.2f}x", f"{out} tokens generated"])
-    body = (f"Same prompt (a frozen koan's first prompt), greedy, up to {tokens} new tokens, median of {runs} runs, "
-            "model load excluded.\n\n" + table(["backend", "tokens/s", "vs llama.cpp", "note"], rows))
+    body = (f"{label}, the same GGUF in each backend (transformers de-quantizes it); same prompt (a frozen koan's "
+            f"first prompt), greedy, up to {tokens} new tokens, median of {runs} runs, model load excluded"
+            + (f", {args.threads} thread(s)" if args.threads else "") + ".\n\n"
+            + table(["backend", "tokens/s", "vs llama.cpp", "note"], rows))
     record("Generation speed", " ".join(["python", "bench/bench_generation.py"] + sys.argv[1:]), body, args.quick)
     return 0
 
