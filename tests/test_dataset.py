@@ -31,7 +31,8 @@ def test_sources_provenance_and_no_eval_koans(koan_dir, tmp_path):
     store.flush()
     info = build_dataset(store, corpus, replay_share=0.0)
     rows = read(info)
-    assert info.by_provenance == {"own_pass": 1, "own_sample": 0, "reference": 2, "reference_corpus": 0, "correction": 1, "replay": 0}
+    assert info.by_provenance == {"own_pass": 1, "own_sample": 0, "reference": 2, "reference_corpus": 0,
+                                  "correction": 1, "replay": 0}
     assert all(r["koan_id"] != "bc_900" for r in rows)
     own = [r for r in rows if r["provenance"] == "own_pass"][0]
     assert own["messages"][1]["content"] == "fix bc_901 2" and own["messages"][-1]["role"] == "assistant"
