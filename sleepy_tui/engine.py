@@ -22,8 +22,8 @@ from .devices import usable_cpus
 from .episodes import new_run_id
 from .koans import Corpus, Koan, KoanError, load_corpus
 from .metrics import CycleRow, PassAtK, RunMetrics, compare, koan_outcomes, metrics_of, pass_at_k, run_metrics
-from .metrics import store_cycle_table
-from .stats import judged, paired_change, pass_rates
+from .metrics import runs_passed, store_cycle_table
+from .stats import paired_change
 from .records import AdapterRecord, CycleRecord, DatasetRecord, GateFacts, RunRecord
 from .sandbox import CheckResult, Limits, Sandbox, SandboxError
 from .store import StateError, Store
@@ -428,15 +428,12 @@ class Engine:
         means over the runs and a koan regressed (or gained) when the majority of its runs flipped (stats.judged),
         so one unlucky sample decides nothing. The facts carry the paired tests over koans (McNemar's exact
         p-value, a bootstrap interval of the rate difference)."""
-        def outcomes(ids: str | list[str]) -> list[dict[str, bool]]:
-            ids = [ids] if isinstance(ids, str) else list(ids)
-            return [{k: o.passed for k, o in koan_outcomes(self.store.episodes(i)).items()} for i in ids]
-        old, new = outcomes(baseline), outcomes(candidate)
-        regressions, gains = judged(pass_rates(old), pass_rates(new))
+        old, new = (runs_passed(self.store, [ids] if isinstance(ids, str) else list(ids))
+                    for ids in (baseline, candidate))
         change = paired_change(old, new)
-        before, after = change.before, change.after
+        regressions, gains, before, after = change.lost, change.won, change.before, change.after
         tolerance = self.settings.gate_tolerance
-        allowed = int(tolerance * len(pass_rates(new)) + 1e-9)
+        allowed = int(tolerance * change.koans + 1e-9)
         facts = {"pass_rate_before": before, "pass_rate_after": after, "regressions": regressions, "gains": gains,
                  "regressions_allowed": allowed, "runs_before": len(old), "runs_after": len(new),
                  "p_value": change.p_value, "diff_ci": [change.ci_low, change.ci_high]}
@@ -697,10 +694,10 @@ class Engine:
                 return validation(current)(sink, threads), validation(meta)(sink, threads)
             if lanes == 1:
                 ids = both(on_event)
-                return meta, ids, {}, self._cycle_eval(meta, n, corpus, on_event, cancel)
+                return meta, ids, {}, self._frozen_evals(meta, n, corpus, on_event, cancel)
             on_event(ev.Notice("info", f"cycle {n}: the validation slice runs beside the frozen eval"))
             eval_id, ids = self._in_lanes(
-                [lambda sink, threads: self._cycle_eval(meta, n, corpus, sink, cancel, threads=threads), both],
+                [lambda sink, threads: self._frozen_evals(meta, n, corpus, sink, cancel, threads=threads), both],
                 on_event, cancel)
             self._say_validation(ids, on_event)
             return meta, ids, {}, eval_id
@@ -724,7 +721,7 @@ class Engine:
         if best is not meta:
             adapters.record(self.store, best)
         chosen = ids[1 + candidates.index(best)]
-        return best, (ids[0], chosen), rates, self._cycle_eval(best, n, corpus, on_event, cancel)
+        return best, (ids[0], chosen), rates, self._frozen_evals(best, n, corpus, on_event, cancel)
 
     def _in_lanes(self, jobs: list[Callable[[ev.EventSink, int], object]], on_event: ev.EventSink,
                   cancel: threading.Event) -> list:
@@ -791,11 +788,6 @@ class Engine:
                                  peft_dir=str(folder), final_loss=curve[-1]["loss"] if curve else None,
                                  loss_curve=curve, extra={**meta.extra, "checkpoint_of": meta.adapter_id}))
         return picks + [meta]
-
-    def _cycle_eval(self, meta: AdapterRecord, n: int, corpus: Corpus, on_event: ev.EventSink,
-                    cancel: threading.Event, threads: int | None = None) -> list[str]:
-        """The frozen evals of the cycle's adapter (`eval_repeats` runs): finished ones are reused, else run."""
-        return self._frozen_evals(meta, n, corpus, on_event, cancel, threads=threads)
 
     def _frozen_evals(self, adapter: AdapterRecord | None, cycle: int, corpus: Corpus, on_event: ev.EventSink,
                       cancel: threading.Event, *, first: str = "", backend_name: str | None = None,

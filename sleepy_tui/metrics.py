@@ -48,6 +48,16 @@ def koan_outcomes(episodes: list[dict]) -> dict[str, KoanOutcome]:
     return out
 
 
+def passed_of(outcomes: dict[str, KoanOutcome]) -> dict[str, bool]:
+    """Per koan of one run: whether it passed."""
+    return {k: o.passed for k, o in outcomes.items()}
+
+
+def runs_passed(store, run_ids: list[str]) -> list[dict[str, bool]]:
+    """Per run of `run_ids`, in order: whether each koan passed (what stats.paired_change compares)."""
+    return [passed_of(koan_outcomes(store.episodes(r))) for r in run_ids]
+
+
 def repeat_error_rate_within(outcomes: dict[str, KoanOutcome]) -> float | None:
     retries = repeats = 0
     for o in outcomes.values():
@@ -155,12 +165,12 @@ def cycle_table(runs: list[RunRecord], episodes_of) -> list[CycleRow]:
         row = CycleRow(cycle=cycle, run_ids=[r.run_id for r in rs], metrics=metrics_of(latest),
                        pass_rates=[metrics_of(o).pass_rate for o in outs],
                        adapter=rs[-1].adapter_id or rs[-1].adapter)
-        runs_passed = [{k: o.passed for k, o in out.items()} for out in outs]
+        passed = [passed_of(out) for out in outs]
         if prev is not None:    # judged on every run of each cycle, as the gate does (stats.judged)
-            row.regressions, row.gains = judged(pass_rates(prev_runs), pass_rates(runs_passed))
+            row.regressions, row.gains = judged(pass_rates(prev_runs), pass_rates(passed))
             row.repeat_error_rate_across = repeat_error_rate_across(prev, latest)
         rows.append(row)
-        prev, prev_runs = latest, runs_passed
+        prev, prev_runs = latest, passed
     return rows
 
 

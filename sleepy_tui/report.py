@@ -9,7 +9,7 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
-from .metrics import CycleRow, koan_outcomes, store_cycle_table
+from .metrics import CycleRow, runs_passed, store_cycle_table
 from .stats import paired_change
 from .atomic import write_text
 from .records import AdapterRecord
@@ -25,10 +25,6 @@ def _pct(x: float | None) -> str:
 
 def _num(x, fmt="{:g}") -> str:
     return "-" if x is None else fmt.format(x)
-
-
-def _outcomes_by_run(store: Store, run_ids: list[str]) -> list[dict[str, bool]]:
-    return [{k: o.passed for k, o in koan_outcomes(store.episodes(r)).items()} for r in run_ids]
 
 
 def build_report(store: Store, out_dir: Path) -> Path:
@@ -79,7 +75,7 @@ def build_report(store: Store, out_dir: Path) -> Path:
         if rec:
             md += [f"**Gate:** {'promoted' if rec.promoted else 'rejected'}: {rec.reason}", ""]
         m, pm = r.metrics, prev.metrics
-        ch = paired_change(_outcomes_by_run(store, prev.run_ids), _outcomes_by_run(store, r.run_ids))
+        ch = paired_change(runs_passed(store, prev.run_ids), runs_passed(store, r.run_ids))
         md += ["| Metric | Before | After | Delta |", "|---|---|---|---|",
                f"| Pass rate | {_pct(pm.pass_rate)} | {_pct(m.pass_rate)} | {(m.pass_rate - pm.pass_rate) * 100:+.1f} pts |",
                f"| Median steps | {_num(pm.median_steps_to_green)} | {_num(m.median_steps_to_green)} | "

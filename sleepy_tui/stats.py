@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from math import comb
 
 
@@ -38,12 +38,21 @@ def bootstrap_diff(before: dict[str, float], after: dict[str, float], *, samples
 class PairedChange:
     before: float
     after: float
-    b: int              # lost (regressions)
-    c: int              # won (gains)
     p_value: float
     diff: float
     ci_low: float
     ci_high: float
+    lost: list[str] = field(default_factory=list)    # regressions (stats.judged)
+    won: list[str] = field(default_factory=list)     # gains
+    koans: int = 0                                    # koans the runs after hold
+
+    @property
+    def b(self) -> int:          # McNemar's names: passed before, failed after
+        return len(self.lost)
+
+    @property
+    def c(self) -> int:          # failed before, passed after
+        return len(self.won)
 
     @property
     def significant(self) -> bool:
@@ -82,5 +91,5 @@ def paired_change(before_runs: list[dict[str, bool]], after_runs: list[dict[str,
         rates = [sum(r.values()) / len(r) for r in runs if r]
         return sum(rates) / len(rates) if rates else 0.0
 
-    return PairedChange(mean(before_runs), mean(after_runs), len(lost), len(won), mcnemar_exact(len(lost), len(won)),
-                        diff, lo, hi)
+    return PairedChange(mean(before_runs), mean(after_runs), mcnemar_exact(len(lost), len(won)), diff, lo, hi,
+                        lost, won, len(fa))

@@ -47,6 +47,7 @@ class MainScreen(Screen):
         self.max_attempts = 5
         self._restored = False
         self._run_label = ""
+        self._loaded = True               # False from a run's start to its first token (its model loads then)
 
     @property
     def engine(self):
@@ -332,7 +333,7 @@ class MainScreen(Screen):
     @on(msg.TokenStreamed)
     def _token(self, message: msg.TokenStreamed) -> None:
         e = message.event
-        if not getattr(self, "_loaded", True):
+        if not self._loaded:
             self._loaded = True
             collector = getattr(self.app, "collector", None)
             if collector is not None:
