@@ -50,10 +50,9 @@ class OpenAIBackend(Backend):
 
     def client(self):
         if self._client is None:
-            import httpx
-            import openai
+            import openai   # openai.Timeout: the one its HTTP library takes (httpx in older releases, httpx2 in newer)
             self._client = openai.OpenAI(base_url=self.base_url, api_key=self.api_key or "none", max_retries=0,
-                                         timeout=httpx.Timeout(self.read_timeout_s, connect=self.connect_timeout_s))
+                                         timeout=openai.Timeout(self.read_timeout_s, connect=self.connect_timeout_s))
         return self._client
 
     def close(self) -> None:
