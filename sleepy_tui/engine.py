@@ -462,29 +462,34 @@ class Engine:
     def baseline_eval(self, *, on_event: ev.EventSink = ev.ignore, cancel: threading.Event | None = None,
                       backend_name: str | None = None) -> str:
         """The eval run of the current model (promoted adapter or base); run it if there is none."""
-        run_id = self.store.get_value("current_eval_run")
-        current = self.store.run(run_id) if run_id else None
-        if current and current.status == "done" and self._measures_the_same(current, self.settings.max_attempts,
-                                                                            self._expected_model()):
+        run_id = self._baseline_found()
+        if run_id:
             return run_id
-        cur = self.current_adapter()
-        want = cur.adapter_id if cur else ""
         corpus = self.corpus()
-        frozen = {k.id for k in corpus.eval_set}
-        # `total` short of the koans given: a run that crashed before crashes were stored as failed; a run of
-        # part of the set (`sleepy eval --koan / --family`) is no baseline for the whole of it, nor is one
-        # independent first attempt per koan (`sleepy eval --samples`)
-        done = self._finished_runs("eval", want, frozen)
-        if done:  # an eval of the current model already exists (e.g. `sleepy eval --cycle 0`)
-            run_id = done[-1].run_id
-            self._record_baseline(run_id)
-            return run_id
         res = self.run_agent(corpus.eval_set, kind="eval", cycle=self.current_cycle(), on_event=on_event,
                              cancel=cancel, backend_name=backend_name)
         if res.cancelled or res.error:
             raise EngineError(res.error or "baseline eval cancelled")
         self._record_baseline(res.run_id)
         return res.run_id
+
+    def _baseline_found(self) -> str:
+        """The finished eval run of the current model (promoted adapter or base) a cycle may start from: the one
+        recorded as current, else one already stored (e.g. `sleepy eval --cycle 0`, then recorded); "" if none."""
+        run_id = self.store.get_value("current_eval_run")
+        current = self.store.run(run_id) if run_id else None
+        if current and current.status == "done" and self._measures_the_same(current, self.settings.max_attempts,
+                                                                            self._expected_model()):
+            return run_id
+        cur = self.current_adapter()
+        # `total` short of the koans given: a run that crashed before crashes were stored as failed; a run of
+        # part of the set (`sleepy eval --koan / --family`) is no baseline for the whole of it, nor is one
+        # independent first attempt per koan (`sleepy eval --samples`)
+        done = self._finished_runs("eval", cur.adapter_id if cur else "", {k.id for k in self.corpus().eval_set})
+        if not done:
+            return ""
+        self._record_baseline(done[-1].run_id)
+        return done[-1].run_id
 
     def _finished_runs(self, kind: str, adapter_id: str, koan_ids: set[str], *, exact: bool = False,
                        attempts: int | None = None) -> list[RunRecord]:
@@ -546,11 +551,17 @@ class Engine:
                               "adapter; use --backend embedded (or transformers/mlx with a local model)")
         # every stage of a cycle serves the model it trains: `auto` means the embedded model, for this cycle only
         serve = "embedded" if backend_name == "auto" else backend_name
-        baseline = self.baseline_eval(on_event=on_event, cancel=cancel, backend_name=serve)
+        # the current model's frozen evals: those stored, and the repeats still missing (side by side, two at a
+        # time, where the CPUs allow)
+        baseline = (self._baseline_found() if self.settings.eval_repeats > 1
+                    else self.baseline_eval(on_event=on_event, cancel=cancel, backend_name=serve))
         n = self.current_cycle() + 1
         corpus = self.corpus()
         baselines = self._frozen_evals(self.current_adapter(), n - 1, corpus, on_event, cancel, first=baseline,
                                        backend_name=serve)
+        if not baseline:
+            baseline = baselines[0]
+            self._record_baseline(baseline)
         day_ids = self._cycle_day(n, day_count, corpus, on_event, cancel, serve)
         sample_ids = self._day_samples(n, day_ids, corpus, on_event, cancel, serve)
         dataset = self.build_dataset(run_ids=day_ids + sample_ids, corpus=corpus)
@@ -683,8 +694,7 @@ class Engine:
         in two lanes before it. A side lane reports only notices, so a driver sees one run's koans at a time."""
         current = self.current_adapter()
         candidates = self._picks(meta, on_event) if corpus.validation_set else [meta]
-        lanes = 2 if (serve in SIDE_BY_SIDE and usable_cpus() >= 2 and corpus.validation_set
-                      and not self.settings.threads) else 1
+        lanes = 2 if corpus.validation_set and self._two_lanes(serve) else 1
 
         def validation(adapter: AdapterRecord | None) -> Callable[[ev.EventSink, int | None], str]:
             return lambda sink, threads=None: self.validation_run(adapter, cycle=n, on_event=sink, cancel=cancel,
@@ -809,22 +819,42 @@ class Engine:
         if reused:
             on_event(ev.Notice("info", f"cycle {cycle}: the frozen eval of {want or 'the base model'} is done "
                                        f"({', '.join(reused)}); reusing it"))
+        missing: list[int] = []
         repeat = 0
-        while len(ids) < k:
-            while repeat in by_repeat:
+        while len(ids) + len(missing) < k:
+            while repeat in by_repeat or repeat in missing:
                 repeat += 1
+            missing.append(repeat)
+
+        def one(repeat: int, sink: ev.EventSink, threads: int | None) -> str:
             if k > 1:
-                on_event(ev.Notice("info", f"cycle {cycle}: frozen eval {len(ids) + 1} of {k} with "
-                                           f"{want or 'the base model'} (repeat {repeat})"))
-            res = self.run_agent(corpus.eval_set, kind="eval", cycle=cycle, on_event=on_event, cancel=cancel,
+                sink(ev.Notice("info", f"cycle {cycle}: frozen eval of {want or 'the base model'}, repeat {repeat} "
+                                       f"({k} in all)"))
+            res = self.run_agent(corpus.eval_set, kind="eval", cycle=cycle, on_event=sink, cancel=cancel,
                                  backend=self.make_backend(adapter=adapter, backend_name=backend_name,
                                                            threads=threads),
                                  adapter_id=want or None, repeat=repeat)
             if res.cancelled or res.error:
                 raise EngineError(res.error or "cycle cancelled during the eval; `sleepy cycle` continues it")
-            by_repeat[repeat] = res.run_id
-            ids.append(res.run_id)
+            return res.run_id
+        # Repeats are independent runs: on the embedded model with CPUs to spare, two run at once, each its own
+        # llama.cpp instance on half of the CPUs (not when the caller already gave this eval its share).
+        pair = threads is None and self._two_lanes(backend_name or self.settings.backend)
+        while missing:
+            now, missing = (missing[:2], missing[2:]) if pair and len(missing) > 1 else (missing[:1], missing[1:])
+            if len(now) == 1:
+                ids.append(one(now[0], on_event, threads))
+                continue
+            on_event(ev.Notice("info", f"cycle {cycle}: repeats {now[0]} and {now[1]} of the frozen eval run side "
+                                       "by side"))
+            ids += self._in_lanes([lambda sink, th, r=r: one(r, sink, th) for r in now], on_event, cancel)
         return ids
+
+    def _two_lanes(self, backend_name: str) -> bool:
+        """Whether two model instances may share the CPUs: the embedded model (auto serves it in a cycle), two
+        CPUs or more, and no thread count fixed by the settings."""
+        serve = "embedded" if backend_name == "auto" else backend_name
+        return serve in SIDE_BY_SIDE and usable_cpus() >= 2 and not self.settings.threads
 
     def validation_run(self, adapter: AdapterRecord | None, *, cycle: int | None = None,
                        on_event: ev.EventSink = ev.ignore, cancel: threading.Event | None = None,

@@ -104,6 +104,44 @@ def test_a_cycle_with_eval_repeats_judges_k_runs_a_side_each_with_its_own_seeds(
     assert "(2 and 2 eval runs)" in line and "95% interval of the difference [+100.0%, +100.0%]" in line
 
 
+def test_repeats_of_the_frozen_eval_run_two_at_a_time_side_by_side(setup, monkeypatch):
+    """On a model served in process, the eval repeats still missing run in pairs, each on its own instance and
+    half of the spare CPUs: the base model's two, then the candidate's two."""
+    import threading
+
+    from sleepy_tui import engine as engine_module
+    from sleepy_tui.backends.fake import ScriptedBackend
+    engine, corpus, _, trainer = setup
+    engine.settings = engine.settings.replace(eval_repeats=2)
+    k = corpus.koans
+    monkeypatch.setattr(engine_module, "SIDE_BY_SIDE", ("fake",))
+    monkeypatch.setattr(engine_module, "usable_cpus", lambda: 5)
+    scripts = {("MainThread", False): ["no idea", fence(k["bc_901"].solution), "still no idea"],   # eval, day
+               ("cycle-validation", False): ["no idea either"],
+               ("MainThread", True): [fence(k["bc_900"].solution)],
+               ("cycle-validation", True): [fence(k["bc_900"].solution)]}
+    made, backends = [], {}
+
+    def factory(s, on_notice=None):
+        role = (threading.current_thread().name, bool(s.adapter))
+        made.append((role, s.threads))
+        if role not in backends:
+            backends[role] = ScriptedBackend(scripts[role], delay_s=0.001)
+        return backends[role]
+    engine.backend_factory = factory
+    seen = []
+    rec = engine.cycle(on_event=seen.append)
+    assert rec.promoted and rec.gains == ["bc_900"] and (rec.runs_before, rec.runs_after) == (2, 2)
+    assert all(b.remaining == 0 for b in backends.values()) and len(backends) == 4
+    runs = {r.run_id: r for r in engine.runs("eval")}
+    assert len(runs) == 4 and rec.baseline_eval_run_id == rec.baseline_eval_run_ids[0]
+    for side, cycle in ((rec.baseline_eval_run_ids, 0), (rec.eval_run_ids, 1)):
+        assert sorted(runs[i].repeat for i in side) == [0, 1] and {runs[i].cycle for i in side} == {cycle}
+    assert [t for role, t in made if role[0] == "cycle-validation"] == [2, 2]
+    assert sum("run side by side" in getattr(e, "message", "") for e in seen) == 2
+    assert engine.store.cycles()[0].eval_run_id == rec.baseline_eval_run_id     # recorded as cycle 0
+
+
 def test_expert_iteration_samples_the_koans_the_day_missed_at_attempt_1_and_trains_on_their_fixes(setup):
     engine, corpus, replies, trainer = setup
     engine.settings = engine.settings.replace(day_samples=2)
