@@ -183,3 +183,31 @@ def test_mlx_default_model_is_the_embedded_one_converted_once(tmp_path):
     folder = embedded_hf_dir()
     assert folder.parent == locations.state_dir() / "models"
     assert json.loads((folder / "config.json").read_text())["model_type"] == "llama"
+
+
+def test_mlx_runs_a_table_model_from_the_safetensors_copy_of_its_gguf(monkeypatch, tmp_path):
+    """A table model (or a GGUF path) is what mlx-lm gets as its safetensors copy; the shipped SmolLM2 keeps the
+    folder it always had; a model that is not pulled says what to run, in one line, for backend and trainer."""
+    _mlx_or_skip()
+    from sleepy_tui.backends import embedded
+    from sleepy_tui.backends.mlx_backend import MlxBackend
+    from sleepy_tui.training.base import TrainingUnavailable
+    from sleepy_tui.training.mlx_trainer import resolve_base_model
+    made = []
+
+    def fake_copy(gguf, name, root=None):
+        made.append((gguf.name, name, root))
+        return tmp_path / f"{name}-hf"
+    monkeypatch.setattr(embedded, "gguf_hf_dir", fake_copy)
+    assert MlxBackend(model="smollm2-135m")._model_path() == str(tmp_path / "SmolLM2-135M-Instruct-hf")
+    assert resolve_base_model("SmolLM2-135M-Instruct", tmp_path / "cache") == tmp_path / "SmolLM2-135M-Instruct-hf"
+    assert made[-1] == (embedded.EMBEDDED_GGUF_NAME, "SmolLM2-135M-Instruct", tmp_path / "cache")
+    gguf = tmp_path / "my-model.gguf"
+    gguf.write_bytes(embedded.embedded_gguf_path().read_bytes())
+    assert MlxBackend(model=str(gguf))._model_path() == str(tmp_path / "my-model-hf")
+    monkeypatch.setenv("SLEEPY_MODELS_DIR", str(tmp_path / "no-models"))
+    monkeypatch.setenv("OLLAMA_MODELS", str(tmp_path / "no-ollama"))
+    with pytest.raises(BackendUnavailable, match="sleepy models pull qwen2.5-coder-0.5b"):
+        MlxBackend(model="qwen2.5-coder-0.5b")._model_path()
+    with pytest.raises(TrainingUnavailable, match="sleepy models pull qwen2.5-coder-0.5b"):
+        resolve_base_model("qwen2.5-coder-0.5b")

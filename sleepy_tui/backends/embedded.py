@@ -284,9 +284,33 @@ def embedded_hf_dir(root: str | os.PathLike | None = None) -> Path:
     """A safetensors + tokenizer copy of the embedded model (bf16, de-quantized from the GGUF), written once.
 
     For loaders that cannot read GGUF (mlx-lm). Default place: <state>/models/SmolLM2-135M-Instruct-hf."""
-    gguf = embedded_gguf_path()
+    return gguf_hf_dir(embedded_gguf_path(), EMBEDDED_MODEL_NAME, root)
+
+
+def hf_copy(model: str, root: str | os.PathLike | None = None) -> Path:
+    """The safetensors copy (see gguf_hf_dir) of a table model (name or alias) or of a GGUF file by path, for
+    mlx-lm: the same weights llama.cpp runs, so that the mlx backend and trainer work on every table model."""
+    from ..models import ModelError, resolve
+    try:
+        found = resolve(model)
+    except ModelError as e:
+        raise BackendUnavailable(str(e)) from None
+    if found.spec is not None and found.spec.source.kind == "package":
+        return embedded_hf_dir(root)          # the shipped SmolLM2, under the name it always had
+    return gguf_hf_dir(found.path, found.spec.name if found.spec else found.path.stem, root)
+
+
+def is_gguf_model(model: str) -> bool:
+    """Whether `model` names a GGUF that hf_copy converts: a table model, or a .gguf path."""
+    from ..models import table
+    return bool(model) and (table().find(model) is not None or model.endswith(".gguf"))
+
+
+def gguf_hf_dir(gguf: Path, name: str, root: str | os.PathLike | None = None) -> Path:
+    """A safetensors + tokenizer copy (bf16, de-quantized by transformers) of `gguf`, written once, atomically,
+    into <root>/<name>-hf (default root: <state>/models)."""
     root = Path(root) if root else locations.state_dir() / "models"
-    out = root / f"{EMBEDDED_MODEL_NAME}-hf"
+    out = root / f"{name}-hf"
     if (out / "config.json").is_file() and (out / "model.safetensors").is_file():
         return out
     from transformers import AutoModelForCausalLM, AutoTokenizer

@@ -1,7 +1,8 @@
 """A model run by mlx-lm (Apple silicon; mlx[cpu] elsewhere), with an optional mlx-lm LoRA adapter folder.
 
-No model: the embedded SmolLM2-135M-Instruct, copied once from its GGUF into a safetensors folder that mlx-lm
-can load (see `embedded_hf_dir`), so the mlx backend and trainer work offline on the same base.
+No model: the embedded SmolLM2-135M-Instruct. A table model (`qwen2.5-coder-0.5b`) or a GGUF path is copied once
+from its GGUF into a safetensors folder that mlx-lm can load (see `hf_copy`), so the mlx backend and trainer work
+offline on the same weights as llama.cpp.
 """
 
 from __future__ import annotations
@@ -55,9 +56,9 @@ class MlxBackend(Backend):
         return cls(model=settings.model, adapter=settings.adapter or None)
 
     def _model_path(self) -> str:
-        from .embedded import EMBEDDED_MODEL_NAME, embedded_hf_dir
-        if self.model == EMBEDDED_MODEL_NAME:
-            return str(embedded_hf_dir())
+        from .embedded import hf_copy, is_gguf_model
+        if is_gguf_model(self.model):        # a table model or a GGUF file: its safetensors copy
+            return str(hf_copy(self.model))
         p = Path(self.model).expanduser()
         if p.exists():
             return str(p)

@@ -82,7 +82,14 @@ def _is_model_dir(p: Path) -> bool:
 
 
 def resolve_base_model(base_model: str, cache_dir: Path | None = None) -> Path:
-    """The local HF-format folder to train on; empty: a safetensors copy of the embedded SmolLM2 GGUF."""
+    """The local HF-format folder to train on; empty: a safetensors copy of the embedded SmolLM2 GGUF; a table
+    model or a GGUF path: a safetensors copy of its GGUF (the weights llama.cpp serves)."""
+    from ..backends.embedded import hf_copy, is_gguf_model
+    if is_gguf_model(base_model):
+        try:
+            return hf_copy(base_model, cache_dir)
+        except Exception as e:  # noqa: BLE001 - BackendUnavailable, a transformers/gguf failure
+            raise TrainingUnavailable(f"can't convert {base_model} into an HF folder for mlx ({e})") from None
     if base_model:
         p = Path(base_model).expanduser()
         if not _is_model_dir(p):
