@@ -104,13 +104,30 @@ def test_a_cycle_with_eval_repeats_judges_k_runs_a_side_each_with_its_own_seeds(
     assert "(2 and 2 eval runs)" in line and "95% interval of the difference [+100.0%, +100.0%]" in line
 
 
+def _backend_per_lane(engine, scripts: dict) -> tuple[list, dict]:
+    """Install a backend factory that gives one scripted model per (thread name, with adapter), each with its
+    replies; returns (every (role, threads) asked for, the models by role)."""
+    import threading
+
+    from sleepy_tui.backends.fake import ScriptedBackend
+    made, backends = [], {}
+
+    def factory(s, on_notice=None):
+        role = (threading.current_thread().name, bool(s.adapter))
+        made.append((role, s.threads))
+        assert engine.settings.threads == 0     # the lanes' threads go to their backends, not to the settings
+        if role not in backends:
+            backends[role] = ScriptedBackend(scripts[role], delay_s=0.001)
+        return backends[role]
+    engine.backend_factory = factory
+    return made, backends
+
+
 def test_repeats_of_the_frozen_eval_run_two_at_a_time_side_by_side(setup, monkeypatch):
     """On a model served in process, the eval repeats still missing run in pairs, each on its own instance and
     half of the spare CPUs: the base model's two, then the candidate's two."""
-    import threading
 
     from sleepy_tui import engine as engine_module
-    from sleepy_tui.backends.fake import ScriptedBackend
     engine, corpus, _, trainer = setup
     engine.settings = engine.settings.replace(eval_repeats=2)
     k = corpus.koans
@@ -120,15 +137,7 @@ def test_repeats_of_the_frozen_eval_run_two_at_a_time_side_by_side(setup, monkey
                ("cycle-validation", False): ["no idea either"],
                ("MainThread", True): [fence(k["bc_900"].solution)],
                ("cycle-validation", True): [fence(k["bc_900"].solution)]}
-    made, backends = [], {}
-
-    def factory(s, on_notice=None):
-        role = (threading.current_thread().name, bool(s.adapter))
-        made.append((role, s.threads))
-        if role not in backends:
-            backends[role] = ScriptedBackend(scripts[role], delay_s=0.001)
-        return backends[role]
-    engine.backend_factory = factory
+    made, backends = _backend_per_lane(engine, scripts)
     seen = []
     rec = engine.cycle(on_event=seen.append)
     assert rec.promoted and rec.gains == ["bc_900"] and (rec.runs_before, rec.runs_after) == (2, 2)
@@ -278,11 +287,9 @@ def test_a_cycle_started_again_continues_where_it_stopped(with_validation):
 def test_the_validation_slice_runs_beside_the_frozen_eval_on_half_the_cpus(with_validation, monkeypatch):
     """On a model served in process, a second instance runs the validation slice while the first runs the
     frozen eval, each on half of the spare CPUs; only the eval's koans reach the driver."""
-    import threading
 
     from sleepy_tui import engine as engine_module
     from sleepy_tui import events as ev
-    from sleepy_tui.backends.fake import ScriptedBackend
     engine, corpus, _, trainer = with_validation
     k = corpus.koans
     monkeypatch.setattr(engine_module, "SIDE_BY_SIDE", ("fake",))
@@ -291,16 +298,7 @@ def test_the_validation_slice_runs_beside_the_frozen_eval_on_half_the_cpus(with_
                ("cycle-validation", False): [fence(k["bc_901"].solution)],
                ("cycle-validation", True): [fence(k["bc_901"].solution)],
                ("MainThread", True): [fence(k["bc_900"].solution)]}
-    made, backends = [], {}
-
-    def factory(s, on_notice=None):          # one scripted model per thread and adapter, each with its replies
-        role = (threading.current_thread().name, bool(s.adapter))
-        made.append((role, s.threads))
-        assert engine.settings.threads == 0     # the lanes' threads go to their backends, not to the settings
-        if role not in backends:
-            backends[role] = ScriptedBackend(scripts[role], delay_s=0.001)
-        return backends[role]
-    engine.backend_factory = factory
+    made, backends = _backend_per_lane(engine, scripts)
     seen = []
     rec = engine.cycle(on_event=seen.append)
     assert rec.promoted and rec.gains == ["bc_900"] and (rec.validation_before, rec.validation_after) == (1.0, 1.0)
