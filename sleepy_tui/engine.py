@@ -6,6 +6,7 @@ EventSink and stops when its `threading.Event` is set.
 
 from __future__ import annotations
 
+import itertools
 import threading
 import time
 import uuid
@@ -553,8 +554,7 @@ class Engine:
         serve = "embedded" if backend_name == "auto" else backend_name
         # the current model's frozen evals: those stored, and the repeats still missing (side by side, two at a
         # time, where the CPUs allow)
-        baseline = (self._baseline_found() if self.settings.eval_repeats > 1
-                    else self.baseline_eval(on_event=on_event, cancel=cancel, backend_name=serve))
+        baseline = self._baseline_found()
         n = self.current_cycle() + 1
         corpus = self.corpus()
         baselines = self._frozen_evals(self.current_adapter(), n - 1, corpus, on_event, cancel, first=baseline,
@@ -819,12 +819,7 @@ class Engine:
         if reused:
             on_event(ev.Notice("info", f"cycle {cycle}: the frozen eval of {want or 'the base model'} is done "
                                        f"({', '.join(reused)}); reusing it"))
-        missing: list[int] = []
-        repeat = 0
-        while len(ids) + len(missing) < k:
-            while repeat in by_repeat or repeat in missing:
-                repeat += 1
-            missing.append(repeat)
+        missing = list(itertools.islice((r for r in itertools.count() if r not in by_repeat), max(0, k - len(ids))))
 
         def one(repeat: int, sink: ev.EventSink, threads: int | None) -> str:
             if k > 1:
@@ -839,9 +834,9 @@ class Engine:
             return res.run_id
         # Repeats are independent runs: on the embedded model with CPUs to spare, two run at once, each its own
         # llama.cpp instance on half of the CPUs (not when the caller already gave this eval its share).
-        pair = threads is None and self._two_lanes(backend_name or self.settings.backend)
-        while missing:
-            now, missing = (missing[:2], missing[2:]) if pair and len(missing) > 1 else (missing[:1], missing[1:])
+        size = 2 if threads is None and self._two_lanes(backend_name or self.settings.backend) else 1
+        for i in range(0, len(missing), size):
+            now = missing[i:i + size]
             if len(now) == 1:
                 ids.append(one(now[0], on_event, threads))
                 continue
